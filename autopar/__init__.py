@@ -1,0 +1,5 @@
+"""autopar: automatic parallelization of PyTorch models, built on torch.fx."""
+from autopar.cluster import ClusterInfo
+from autopar.spec import ShardingSpec
+
+__all__ = ["ClusterInfo", "ShardingSpec"]
