@@ -1,0 +1,71 @@
+"""The op-strategy registry: ``strategies_for(node, cluster) -> list[Strategy]``.
+
+Each op family registers single-mesh-axis rules (``base.register``) in its own module;
+``base.expand`` takes them over every mesh axis and ``cost_model`` prices each result.
+An op without a rule gets the all-replicate strategy and ``node.meta["fallback"] = True``,
+which the plan's report lists.
+"""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from autopar.cluster import ClusterInfo
+from autopar.errors import NodeError
+from autopar.solver import cost_model
+from autopar.solver.strategies import (  # noqa: F401  (importing registers the rules)
+    attention,
+    embedding,
+    loss,
+    matmul,
+    norm,
+    placeholder,
+    pointwise,
+    reduction,
+    shape,
+)
+from autopar.solver.strategies.base import RULES, AxisOption, expand, is_tuple_meta, tmeta
+from autopar.solver.strategy import Strategy
+from autopar.spec import ShardingSpec
+
+SCALAR = ShardingSpec(())  # the "output spec" of nodes whose output is not a tensor
+
+
+def op_key(node: fx.Node) -> str:
+    return node.meta.get("op") or {"placeholder": "placeholder", "output": "output", "get_attr": "param"}.get(
+        node.op, str(getattr(node.target, "__name__", node.target)))
+
+
+def strategies_for(node: fx.Node, cluster: ClusterInfo) -> list[Strategy]:
+    """Every strategy of ``node`` on ``cluster``'s mesh, priced, all-replicate first, no duplicates."""
+    inputs = node.all_input_nodes
+    if node.op == "output":  # everything leaves whole: R for each tensor input
+        specs = tuple(_replicated(n) for n in inputs)
+        return [Strategy(SCALAR, specs)]
+    if tmeta(node) is None:  # an int, a dtype, ...: reads no tensor element
+        return [Strategy(SCALAR, (None,) * len(inputs))]
+    key = op_key(node)
+    rule = RULES.get(key)
+    node.meta.pop("fallback", None)
+    if rule is None:
+        node.meta["fallback"] = True
+        options: list[AxisOption] = []
+    else:
+        try:
+            options = rule(node)
+        except Exception as exc:  # a rule met arguments it does not understand
+            raise NodeError(node, f"the '{key}' sharding rule failed: {exc!r}",
+                            hint="report this with the model; the op's arguments may not be in canonical form") from exc
+    strategies = []
+    for specs in expand(node, options, cluster.mesh_shape):
+        strategies.append(cost_model.price(node, specs[0], specs[1:], cluster))
+    return strategies
+
+
+def _replicated(n: fx.Node) -> ShardingSpec | None:
+    tm = tmeta(n)
+    if is_tuple_meta(tm):
+        tm = next((t for t in tm if t is not None), None)
+    return ShardingSpec.replicate(len(tm.shape)) if tm is not None else None
+
+
+__all__ = ["strategies_for", "RULES", "op_key"]

@@ -1,0 +1,116 @@
+"""build_strategies: every node's candidate Strategies and every edge's resharding costs.
+
+Writes ``node.meta["strategies"]`` (list[Strategy], all-replicate first, no two with the same
+specs) and returns a StrategyGraph holding, for each edge (producer u, consumer v, input k of v),
+the matrix ``cost[i, j]`` = seconds (forward + backward) to turn u's output spec of strategy i
+into the spec v's strategy j wants for input k, priced by the shape consistency manager on the
+producer's global shape (the element's shape for ``getitem`` of a tuple-valued node).
+Edges on which nothing is ever resharded (an all-zero matrix) are left out.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch.fx as fx
+
+from autopar.cluster import ClusterInfo
+from autopar.solver.strategies import strategies_for
+from autopar.solver.strategies.base import is_tuple_meta
+from autopar.solver.strategy import Strategy
+from autopar.spec import ShardingSpec
+from autopar.tracer.meta import TensorMeta, dtype_bytes
+
+ReshardCost = Callable[[ShardingSpec, ShardingSpec, Sequence[int], int], float]
+# Tuple-valued producers are not resharded by the runtime (only their getitems are): a consumer
+# asking for another spec than the producer's is forbidden by this price.
+FORBIDDEN = 1e4
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Resharding costs of one edge, stored once per distinct (output spec, wanted spec) pair.
+
+    ``cost[i, j] = spec_cost[src_group[i], dst_group[j]]``: strategies of the producer with the
+    same output spec share a row group, strategies of the consumer wanting the same spec a column
+    group (the ILP linearises over these groups, which is exact and much smaller).
+    """
+
+    src: fx.Node
+    dst: fx.Node
+    index: int  # position of src in dst.all_input_nodes
+    spec_cost: np.ndarray  # [distinct output spec of src, distinct spec dst wants] -> seconds
+    src_group: np.ndarray  # strategy of src -> row of spec_cost
+    dst_group: np.ndarray  # strategy of dst -> column of spec_cost
+
+    @property
+    def cost(self) -> np.ndarray:
+        """[strategy of src, strategy of dst] -> seconds."""
+        return self.spec_cost[np.ix_(self.src_group, self.dst_group)]
+
+
+@dataclass
+class StrategyGraph:
+    gm: fx.GraphModule
+    cluster: ClusterInfo
+    nodes: list[fx.Node]
+    edges: list[Edge] = field(default_factory=list)
+
+    def strategies(self, node: fx.Node) -> list[Strategy]:
+        return node.meta["strategies"]
+
+    def num_strategies(self) -> int:
+        return sum(len(self.strategies(n)) for n in self.nodes)
+
+
+def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: ReshardCost | None = None
+                     ) -> StrategyGraph:
+    """Enumerate and price every node's strategies and every edge's resharding (pure: no process group)."""
+    if reshard_cost is None:
+        from autopar.runtime.shape_consistency import ShapeConsistencyManager
+
+        reshard_cost = ShapeConsistencyManager(cluster).cost
+    nodes = list(gm.graph.nodes)
+    for node in nodes:
+        node.meta["strategies"] = strategies_for(node, cluster)
+    graph = StrategyGraph(gm, cluster, nodes)
+    for node in nodes:
+        for k, src in enumerate(node.all_input_nodes):
+            edge = _edge(src, node, k, reshard_cost)
+            if edge is not None:
+                graph.edges.append(edge)
+    return graph
+
+
+def _edge_meta(src: fx.Node, dst: fx.Node) -> tuple[TensorMeta | None, bool]:
+    """(the tensor that travels on the edge, whether it is one element of a tuple-valued producer)."""
+    tm = src.meta.get("tensor")
+    if not is_tuple_meta(tm):
+        return tm, False
+    if dst.meta.get("op") == "getitem" and isinstance(dst.args[1], int):
+        return tm[dst.args[1]], False
+    return None, True
+
+
+def _edge(src: fx.Node, dst: fx.Node, k: int, reshard_cost: ReshardCost) -> Edge | None:
+    """The resharding costs of one edge, or None when nothing is ever resharded on it."""
+    outs = [s.output for s in src.meta["strategies"]]
+    wants = [s.inputs[k] for s in dst.meta["strategies"]]
+    tm, whole_tuple = _edge_meta(src, dst)
+    if all(w is None for w in wants) or (tm is None and not whole_tuple):
+        return None
+    # price each distinct (output spec, wanted spec) pair once
+    uo, ui = {s: i for i, s in enumerate(dict.fromkeys(outs))}, {s: j for j, s in enumerate(dict.fromkeys(wants))}
+    small = np.zeros((len(uo), len(ui)))
+    for o, i in uo.items():
+        for w, j in ui.items():
+            if w is None or w == o:
+                continue
+            if whole_tuple:
+                small[i, j] = FORBIDDEN
+            else:
+                small[i, j] = reshard_cost(o, w, tm.shape, dtype_bytes(tm.dtype))
+    if not small.any():
+        return None
+    return Edge(src, dst, k, small, np.array([uo[s] for s in outs]), np.array([ui[s] for s in wants]))

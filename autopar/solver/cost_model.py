@@ -1,0 +1,116 @@
+"""Costs of one Strategy: seconds and bytes per device, never mixed.
+
+For an op node with global profile (F_fwd, F_bwd FLOPs, saved bytes M) and a strategy whose
+specs split the work over the mesh axes A_s (the axes on which some tensor of the strategy is
+split; on an axis where tensors are only replicated or partial every rank does the full work):
+
+    f        = 1 / prod_{a in A_s} n_a                        (share of the work on one device)
+    compute  = max((F_fwd + F_bwd) f / (peak(dtype) e),  B / (bandwidth e))
+    B        = (sum of local input bytes + local output bytes) x (3 if a gradient flows, else 1)
+               (backward reads the output grad and the inputs, writes the input grads);
+               views (view, permute, expand, slice, split, getitem) move no bytes
+    memory   = M x (local / global bytes of the node's activation inputs)   (saved for backward)
+
+A partial tensor is full-size on every rank. ``e`` is the cluster's efficiency.
+
+Parameters: memory = 4 x local bytes (param, grad, two AdamW moments), and the node pays the
+gradient all-reduce over each mesh axis a (size n) on which it is replicated:
+``alpha_a + 2 (n-1)/n x local_bytes x beta_a``. Buffers: 1 x local bytes, no sync.
+Placeholders: free to shard (every rank has the global input), memory = local bytes.
+Resharding between nodes is priced on edges (build.py), not here.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch.fx as fx
+
+from autopar.cluster import ClusterInfo
+from autopar.solver.strategies.base import is_tuple_meta
+from autopar.solver.strategy import Strategy
+from autopar.spec import ShardingSpec
+from autopar.tracer.meta import TensorMeta, dtype_bytes
+
+VIEW_OPS = frozenset({"view", "permute", "expand", "slice", "split", "getitem"})
+STORAGE_OPS = frozenset({"param", "buffer"})
+
+
+def local_bytes(tm: TensorMeta | tuple | None, spec: ShardingSpec | None, mesh_shape: Sequence[int]) -> float:
+    """Bytes of one rank's piece of ``tm`` laid out as ``spec`` (each element of a tuple alike)."""
+    if tm is None or spec is None:
+        return 0.0
+    if is_tuple_meta(tm):
+        return sum(local_bytes(t, spec, mesh_shape) for t in tm if t is not None)
+    shards = math.prod(spec.shards(d, mesh_shape) for d in range(spec.ndim)) if spec.ndim == len(tm.shape) else 1
+    return math.prod(tm.shape) * dtype_bytes(tm.dtype) / shards
+
+
+def _global_bytes(tm) -> float:
+    if tm is None:
+        return 0.0
+    if is_tuple_meta(tm):
+        return sum(_global_bytes(t) for t in tm)
+    return float(math.prod(tm.shape) * dtype_bytes(tm.dtype))
+
+
+def work_fraction(specs: Sequence[ShardingSpec | None], mesh_shape: Sequence[int]) -> float:
+    """1 / (product of the sizes of mesh axes on which some tensor of the strategy is split)."""
+    axes = {a for s in specs if s is not None for dim_axes in s.dims for a in dim_axes}
+    return 1.0 / math.prod(mesh_shape[a] for a in axes) if axes else 1.0
+
+
+def grad_sync_time(local: float, spec: ShardingSpec, cluster: ClusterInfo) -> float:
+    """All-reduce of a replicated parameter's gradient over each axis it is replicated on (ring)."""
+    used = spec.used_axes()
+    t = 0.0
+    for a, n in enumerate(cluster.mesh_shape):
+        if n > 1 and a not in used:
+            t += cluster.alpha[a] + 2 * (n - 1) / n * local * cluster.beta[a]
+    return t
+
+
+def price(node: fx.Node, out: ShardingSpec | None, inputs: Sequence[ShardingSpec | None],
+          cluster: ClusterInfo) -> Strategy:
+    """The Strategy ``out = inputs`` of ``node`` with its compute time, own comm time and memory."""
+    mesh = cluster.mesh_shape
+    op = node.meta.get("op")
+    tm = node.meta.get("tensor")
+    inputs = tuple(inputs)
+    out = out if out is not None else ShardingSpec(())
+    if node.op == "get_attr" or op in STORAGE_OPS:
+        local = local_bytes(tm, out, mesh)
+        is_param = op == "param" and getattr(tm, "requires_grad", True)
+        return Strategy(out, inputs, 0.0, grad_sync_time(local, out, cluster) if is_param else 0.0,
+                        local * (4 if is_param else 1))
+    if node.op == "placeholder":
+        return Strategy(out, inputs, 0.0, 0.0, local_bytes(tm, out, mesh))
+    if node.op == "output" or tm is None:
+        return Strategy(out, inputs, 0.0, 0.0, 0.0)
+
+    profile = node.meta.get("profile")
+    in_nodes = node.all_input_nodes
+    in_metas = [n.meta.get("tensor") if s is not None else None for n, s in zip(in_nodes, inputs)]
+    needs_grad = any(t is not None and t.requires_grad for t in (tm if is_tuple_meta(tm) else (tm,)))
+
+    # compute: the slower of FLOPs and memory traffic, on the local shard
+    flops = (profile.fwd_flops + profile.bwd_flops) * work_fraction((out, *inputs), mesh) if profile else 0.0
+    if op in VIEW_OPS:
+        traffic = 0.0
+    else:
+        traffic = local_bytes(tm, out, mesh) + sum(local_bytes(t, s, mesh) for t, s in zip(in_metas, inputs))
+        traffic *= 3 if needs_grad else 1
+    first = next(t for t in tm if t is not None) if is_tuple_meta(tm) else tm
+    compute = max(flops / (cluster.flops_for(first.dtype) * cluster.efficiency),
+                  traffic / (cluster.mem_bandwidth * cluster.efficiency))
+
+    # memory: saved bytes, scaled like the activations the op reads
+    memory = 0.0
+    if profile and profile.saved_bytes:
+        acts = [(t, s) for n, t, s in zip(in_nodes, in_metas, inputs)
+                if t is not None and n.meta.get("op") not in STORAGE_OPS and n.op != "get_attr"]
+        acts = acts or [(tm, out)]
+        total = sum(_global_bytes(t) for t, _ in acts)
+        frac = sum(local_bytes(t, s, mesh) for t, s in acts) / total if total else 1.0
+        memory = profile.saved_bytes * frac
+    return Strategy(out, inputs, compute, 0.0, memory)
