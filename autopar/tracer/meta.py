@@ -12,6 +12,13 @@
   (``""`` for nodes autopar made itself).
 - ``"param"``: for ``get_attr`` nodes, the qualified name in the original model
   (``"transformer.h.0.attn.c_attn.weight"``); tied weights share one node.
+- ``"param_aliases"``: for parameter ``get_attr`` nodes, every qualified name of that Parameter
+  in the model, first name first (``("transformer.wte.weight", "lm_head.weight")`` when tied).
+- ``"stack_trace"``: fx's own record of the Python stack that made the node (``"source"`` is
+  read from it).
+
+The output node's ``"val"`` is the tuple of its values and its ``"tensor"`` a tuple of
+``TensorMeta | None``.
 """
 from __future__ import annotations
 
@@ -54,9 +61,14 @@ def dtype_bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def is_multi(tm) -> bool:
+    """True for the ``"tensor"`` entry of a tuple/list-valued node (TensorMeta is itself a NamedTuple)."""
+    return isinstance(tm, tuple) and not isinstance(tm, TensorMeta)
+
+
 def tensor_meta(node) -> TensorMeta | None:
     """The node's single-tensor ``TensorMeta`` (first element for tuple outputs), or None."""
     tm = node.meta.get("tensor")
-    if isinstance(tm, tuple):
+    if is_multi(tm):
         return next((t for t in tm if t is not None), None)
     return tm

@@ -43,8 +43,29 @@ cross_entropy   F.cross_entropy                    (logits, target) kwargs ignor
 arange/full/    torch.arange, torch.full,          creation ops: shape/ends resolved; no ``device``
 zeros/ones/...  torch.zeros, torch.ones, ...       literal: the device comes from a graph value
                                                    (``x.device``) or is the runtime default
+device          builtins.getattr                   (x, "device")  the device of a graph value, fed to the
+                                                   ``device=`` of creation ops and to ``.to``
+getattr         builtins.getattr                   (x, name)   another attribute read (rare)
+setitem         operator.setitem                   (x, index, value)  in-place ``x[index] = value``; never
+                                                   removed as dead code
+clone           torch.Tensor.clone                 (x,)        only when a user of the copy is in-place
+                                                   (otherwise ``contiguous``)
 <other>         as the model called it             anything else keeps its target; key = its name
+                                                   (a ``Tensor`` method becomes ``torch.Tensor.<name>``;
+                                                   in-place methods such as ``masked_fill_`` keep their
+                                                   name and are never removed as dead code)
 =============== ================================== =============================================
+
+Devices (decided by the tracer): a device literal the model passes (``device=...``, ``.to("cuda")``,
+``self.device``) becomes the graph value ``getattr(<first tensor input>, "device")`` (key
+``device``); creation ops called without a device keep no ``device`` kwarg (the runtime default).
+So the graph runs on whatever device its inputs are on, and ``meta`` never appears in it.
+
+Placeholders: one per example input, named after it, in order (dict inputs: tensors first). A
+plain-value input (``use_cache=False``) is a placeholder whose ``"val"`` is that value, with the
+value as its default where the signature allows; the graph never reads it (the value is baked in).
+The output node's single argument is a flat tuple of values; ``gm(...)`` rebuilds the model's own
+output structure (e.g. a Hugging Face ``ModelOutput``) with ``pytree.tree_unflatten``.
 """
 from __future__ import annotations
 

@@ -1,0 +1,50 @@
+"""``trace``: model + example inputs -> an annotated, canonical ``fx.GraphModule``.
+
+The recipe: record the model with ``ColoTracer`` (every op run on meta), wrap the graph in
+a ``GraphModule`` that holds the model's own parameters, normalise every op to its
+canonical form (``canonical.canonicalize``), then annotate each node with ``TensorMeta``,
+``NodeProfile`` and its source line (``profile.profile_graph``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from autopar.tracer.canonical import canonicalize
+from autopar.tracer.colo_tracer import ColoTracer
+from autopar.tracer.profile import profile_graph
+
+
+def trace(
+    model: torch.nn.Module, example_inputs: Any, *, concrete_args: dict[str, Any] | None = None
+) -> fx.GraphModule:
+    """Trace ``model`` into a ``GraphModule`` whose nodes all carry the ``autopar.tracer.meta`` keys.
+
+    ``example_inputs``: a dict of keyword inputs (``{"input_ids": ids, "labels": ids}``), a tuple
+    of positional inputs, or one tensor. Tensors (real or meta) become placeholders named after
+    the inputs; plain values (bools, None, ints) and ``concrete_args`` are baked into the trace.
+    ``use_cache=False`` is passed when ``forward`` takes ``use_cache`` and no value was given.
+    The model may live on ``meta``; no weight is allocated. Calling the result with the same
+    inputs returns what the model returns (for Hugging Face models, the same ``ModelOutput``).
+    """
+    tracer = ColoTracer()
+    graph = tracer.trace_model(model, example_inputs, concrete_args)
+    gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+    for node in gm.graph.nodes:  # constants fx embedded itself (``_tensor_constant0``)
+        if node.op == "get_attr" and "val" not in node.meta:
+            t = _fetch_attr(gm, node.target)
+            node.meta["val"] = tracer._meta_tensor(t) if isinstance(t, torch.Tensor) else t
+        if node.op == "output":  # the flat tuple of output values
+            node.meta["val"] = fx.node.map_arg(node.args[0], lambda n: n.meta.get("val"))
+    canonicalize(gm)
+    profile_graph(gm)
+    gm.recompile()
+    return gm
+
+
+def _fetch_attr(mod: torch.nn.Module, qualname: str):
+    for atom in qualname.split("."):
+        mod = getattr(mod, atom)
+    return mod
