@@ -9,8 +9,8 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 GiB = 1024**3
 
@@ -50,7 +50,8 @@ class ClusterInfo:
             raise ValueError(f"mesh_shape must be 1 to 3 positive ints, got {self.mesh_shape!r}")
         if len(self.alpha) != len(shape) or len(self.beta) != len(shape):
             raise ValueError(
-                f"alpha and beta need one value per mesh axis ({len(shape)}), got {len(self.alpha)} and {len(self.beta)}"
+                f"alpha and beta need one value per mesh axis ({len(shape)}), "
+                f"got {len(self.alpha)} and {len(self.beta)}"
             )
         for label, value in [("memory_per_device", self.memory_per_device), ("peak_flops", self.peak_flops),
                              ("peak_flops_fp32", self.peak_flops_fp32), ("mem_bandwidth", self.mem_bandwidth)]:

@@ -19,15 +19,29 @@ class NodeError(AutoparError):
             text += f"\n  What to do: {hint}"
         super().__init__(text)
 
+    def __reduce__(self):  # rebuilt from its text, so it crosses process boundaries (rank 0 -> all)
+        return (_rebuild, (type(self), str(self), self.node_name))
+
 
 class InfeasibleBudgetError(AutoparError):
     """No plan fits the memory budget; ``min_budget`` is the smallest (bytes per device) that does."""
 
     def __init__(self, budget: float, min_budget: float, detail: str = "") -> None:
-        self.budget, self.min_budget = budget, min_budget
-        gib = 1024**3
+        from autopar.report.text import human_bytes
+
+        self.budget, self.min_budget, self.detail = budget, min_budget, detail
         super().__init__(
-            f"no plan fits a memory budget of {budget / gib:.3f} GiB per device; the smallest budget that fits is "
-            f"{min_budget / gib:.3f} GiB ({min_budget:.0f} bytes). Raise memory_budget, use more devices, "
+            f"no plan fits a memory budget of {human_bytes(budget)} per device; the smallest budget that fits is "
+            f"{human_bytes(min_budget)} ({min_budget:.0f} bytes). Raise memory_budget, use more devices, "
             f"or enable activation checkpointing.{(' ' + detail) if detail else ''}"
         )
+
+    def __reduce__(self):
+        return (type(self), (self.budget, self.min_budget, self.detail))
+
+
+def _rebuild(cls, text: str, node_name: str):
+    err = cls.__new__(cls)
+    RuntimeError.__init__(err, text)
+    err.node_name = node_name
+    return err

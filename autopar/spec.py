@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 _TOKEN = re.compile(r"R|S\d+")
 
@@ -121,10 +121,8 @@ class ShardingSpec:
 
     def local_slices(self, shape: Sequence[int], mesh_shape: Sequence[int], coord: Sequence[int]) -> tuple[slice, ...]:
         local = self.local_shape(shape, mesh_shape)
-        return tuple(
-            slice(self.shard_index(d, mesh_shape, coord) * local[d], (self.shard_index(d, mesh_shape, coord) + 1) * local[d])
-            for d in range(self.ndim)
-        )
+        starts = [self.shard_index(d, mesh_shape, coord) * local[d] for d in range(self.ndim)]
+        return tuple(slice(start, start + size) for start, size in zip(starts, local))
 
     def with_dims(self, dims: Sequence[Sequence[int]]) -> ShardingSpec:
         return ShardingSpec(tuple(tuple(d) for d in dims), self.partial)

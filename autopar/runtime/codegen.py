@@ -1,0 +1,237 @@
+"""Codegen: a ShardingPlan and a traced graph -> the GraphModule that one rank runs.
+
+Walks the traced graph once, in order, and writes a new graph:
+
+- placeholder: the global input arrives on every rank; ``self.comm`` keeps this rank's piece
+  (R -> the placeholder's spec: a local split, no communication).
+- param / buffer: a ``get_attr`` of this rank's shard, cut from the full tensor and kept under
+  the parameter's original name, so ``named_parameters()`` reads like the model's.
+- op: each input is resharded from its producer's spec to the spec the chosen strategy wants
+  (one ``self.comm(x, src, dst, global_shape)`` per distinct producer and spec), and shape
+  arguments are made local (``localize.local_args``).
+- output: every output is resharded to replicated, and its gradient scaled by 1/world (every
+  rank seeds the same full loss; the runtime's collectives are exact adjoints, so the sum of
+  the ranks' objectives must be the loss once).
+
+Parameters replicated on some mesh axes get a gradient hook that all-reduces (sums) the
+per-rank contributions over those axes, before the gradient is accumulated into ``.grad``.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import operator
+from functools import lru_cache
+
+import torch
+import torch.distributed as dist
+import torch.fx as fx
+
+from autopar.errors import AutoparError, NodeError
+from autopar.runtime.localize import ShardedCrossEntropy, local_args, mean_scale
+from autopar.runtime.parallel_module import ParallelModule
+from autopar.spec import ShardingSpec
+from autopar.tracer.meta import is_multi, tensor_meta
+
+
+@lru_cache(maxsize=4096)
+def _spec(text: str) -> ShardingSpec:
+    return ShardingSpec.parse(text)
+
+
+class Reshard(torch.nn.Module):
+    """``self.comm(x, 'S0R', 'RR', (8, 64))``: x, laid out as the first spec, re-laid out as the second."""
+
+    def __init__(self, sc, mesh) -> None:
+        super().__init__()
+        self.sc, self.mesh = sc, mesh
+
+    def forward(self, x, src: str, dst: str, shape: tuple[int, ...]):
+        return self.sc.apply(x, _spec(src), _spec(dst), shape, self.mesh)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity in forward; multiplies the gradient by ``factor`` in backward."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def scale_grad(x, factor: float):
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return x
+    return _ScaleGrad.apply(x, factor)
+
+
+def check_input(x, name: str, shape: tuple[int, ...]):
+    """The plan was made for these global input shapes; anything else would shard wrongly."""
+    if isinstance(x, torch.Tensor) and tuple(x.shape) != shape:
+        raise AutoparError(
+            f"input {name!r} has shape {tuple(x.shape)} but the plan was made for {shape}: every rank must pass "
+            f"the same global batch the model was autoparallelized with, or call autoparallelize again "
+            f"with example inputs of the new shape")
+    return x
+
+
+def _out_spec(node: fx.Node) -> ShardingSpec | None:
+    strategy = node.meta.get("strategy")
+    return strategy.output if strategy is not None and node.meta.get("tensor") is not None else None
+
+
+def _global_shape(node: fx.Node) -> tuple[int, ...]:
+    return tuple(tensor_meta(node).shape)
+
+
+def _fetch(module: torch.nn.Module, target: str):
+    obj = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def generate(gm: fx.GraphModule, mesh, sc) -> ParallelModule:
+    """The per-rank module for ``gm``, whose nodes carry ``meta["strategy"]`` (the plan's choice)."""
+    emitter = _Emitter(gm, mesh, sc)
+    for node in gm.graph.nodes:
+        emitter.emit(node)
+    emitter.graph.lint()
+    module = ParallelModule(emitter.root, emitter.graph, class_name="ParallelModule")
+    module._setup(mesh=mesh, sc=sc, params=emitter.params)
+    _install_grad_sync(module, emitter.params, mesh)
+    return module
+
+
+class _Emitter:
+    """Writes the per-rank graph, one traced node at a time (``env``: traced node -> new node)."""
+
+    def __init__(self, gm: fx.GraphModule, mesh, sc) -> None:
+        self.gm, self.mesh = gm, mesh
+        self.mesh_shape = tuple(mesh.mesh_shape)
+        self.graph = fx.Graph()
+        self.graph._codegen = copy.deepcopy(gm.graph._codegen)
+        self.root: dict[str, object] = {"comm": Reshard(sc, mesh)}
+        self.env: dict[fx.Node, fx.Node] = {}
+        self.resharded: dict[tuple[fx.Node, ShardingSpec], fx.Node] = {}
+        # name -> (spec, global shape, original names, is a Parameter)
+        self.params: dict[str, tuple[ShardingSpec, tuple[int, ...], tuple[str, ...], bool]] = {}
+
+    # ---- resharding ----------------------------------------------------------------------
+    def reshard(self, value: fx.Node, src: ShardingSpec, dst: ShardingSpec, shape) -> fx.Node:
+        new = self.graph.call_module("comm", (value, str(src), str(dst), shape))
+        new.meta["reshard"] = (src, dst)
+        return new
+
+    def arrive(self, old: fx.Node, dst: ShardingSpec | None) -> fx.Node:
+        """``old``'s value laid out as ``dst``: one resharding per distinct (producer, spec)."""
+        src = _out_spec(old)
+        if dst is None or src is None or src == dst or is_multi(old.meta["tensor"]):
+            return self.env[old]
+        if (old, dst) not in self.resharded:
+            self.resharded[(old, dst)] = self.reshard(self.env[old], src, dst, _global_shape(old))
+        return self.resharded[(old, dst)]
+
+    # ---- one method per kind of node ---------------------------------------------------------
+    def emit(self, node: fx.Node) -> None:
+        strategy = node.meta.get("strategy")
+        if strategy is None and node.op != "output" and node.meta.get("tensor") is not None:
+            raise NodeError(node, "has no chosen strategy", stage="generating code for",
+                            hint="plan with autopar.plan on the same traced graph before generating code")
+        if node.op == "placeholder":
+            self.env[node] = self.placeholder(node)
+        elif node.op == "get_attr":
+            self.env[node] = self.local_attr(node)
+        elif node.op == "output":
+            self.graph.output(fx.node.map_arg(node.args[0], self.finish))
+        elif node.meta.get("op") == "getitem" and is_multi(node.args[0].meta.get("tensor")):
+            self.env[node] = self.getitem(node)
+        elif strategy is None:  # a non-tensor value (e.g. a device or dtype): copied as it is
+            self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
+        else:
+            self.env[node] = self.op(node, strategy)
+
+    def placeholder(self, node: fx.Node) -> fx.Node:
+        """The global input, checked against the planned shape, then this rank's piece of it."""
+        default = node.args[0] if node.args else inspect.Parameter.empty
+        new = self.graph.placeholder(node.target, default_value=default)
+        new.meta = dict(node.meta)
+        spec = _out_spec(node)
+        if spec is None or is_multi(node.meta["tensor"]):
+            return new
+        new = self.graph.call_function(check_input, (new, node.target, _global_shape(node)))
+        if spec.is_replicated():
+            return new
+        return self.reshard(new, ShardingSpec.replicate(spec.ndim), spec, _global_shape(node))
+
+    def local_attr(self, node: fx.Node) -> fx.Node:
+        """This rank's shard of a parameter or buffer, registered under its original name."""
+        full = _fetch(self.gm, node.target)
+        spec = _out_spec(node) or ShardingSpec.replicate(full.dim())
+        name = node.meta.get("param", node.target)
+        local = full.detach()[spec.local_slices(tuple(full.shape), self.mesh_shape, self.mesh.coord)]
+        local = local.to(self.mesh.device).clone()
+        is_param = isinstance(full, torch.nn.Parameter)
+        self.root[name] = torch.nn.Parameter(local, requires_grad=full.requires_grad) if is_param else local
+        self.params[name] = (spec, tuple(full.shape), tuple(node.meta.get("param_aliases", (name,))), is_param)
+        new = self.graph.get_attr(name)
+        new.meta = dict(node.meta)
+        return new
+
+    def finish(self, node: fx.Node) -> fx.Node:
+        """An output: gathered to replicated, its gradient scaled by 1/world (every rank seeds the loss)."""
+        spec = _out_spec(node)
+        if spec is None:
+            return self.env[node]
+        value = self.arrive(node, ShardingSpec.replicate(spec.ndim))
+        return self.graph.call_function(scale_grad, (value, 1.0 / self.mesh.world_size))
+
+    def getitem(self, node: fx.Node) -> fx.Node:
+        """An element of a tuple-valued node, then resharded on its own if the plan asks."""
+        producer = node.args[0]
+        new = self.graph.call_function(operator.getitem, (self.env[producer], node.args[1]))
+        new.meta = dict(node.meta)
+        src, dst = _out_spec(producer), _out_spec(node)
+        return self.reshard(new, src, dst, _global_shape(node)) if src and dst and src != dst else new
+
+    def op(self, node: fx.Node, strategy) -> fx.Node:
+        """An op on local shards: inputs resharded to the strategy's specs, shape arguments made local."""
+        specs = dict(zip(node.all_input_nodes, strategy.inputs))
+        args = fx.node.map_arg(node.args, lambda n: self.arrive(n, specs.get(n)))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.arrive(n, specs.get(n)))
+        args = local_args(node, tuple(args), self.mesh_shape)
+        op = node.meta.get("op")
+        batch_axes = strategy.inputs[0].dims[0] if op == "cross_entropy" and strategy.inputs[0].dims else ()
+        if batch_axes:
+            name = f"ce_{node.name}"
+            self.root[name] = ShardedCrossEntropy(self.mesh, batch_axes)
+            new = self.graph.call_module(name, args, kwargs)
+        else:
+            new = self.graph.create_node(node.op, node.target, args, kwargs, name=node.name)
+        new.meta = dict(node.meta)
+        if op == "mean" and (scale := mean_scale(node, self.mesh_shape)) != 1.0:
+            new = self.graph.call_function(operator.mul, (new, scale))
+        return new
+
+
+def _install_grad_sync(module: ParallelModule, params, mesh) -> None:
+    """Sum each replicated parameter's gradient contributions over the mesh axes it is replicated on."""
+    for name, (spec, _shape, _aliases, is_param) in params.items():
+        if not is_param:
+            continue
+        axes = [a for a in range(len(mesh.mesh_shape)) if a not in spec.used_axes() and mesh.mesh_shape[a] > 1]
+        param = module.get_parameter(name)
+        if axes and param.requires_grad:
+            groups = [mesh.group(a) for a in axes]
+
+            def hook(grad, groups=groups):
+                grad = grad.contiguous().clone()
+                for group in groups:
+                    dist.all_reduce(grad, group=group)
+                return grad
+
+            param.register_hook(hook)

@@ -1,0 +1,111 @@
+"""Rewrite one op's arguments from global to local shapes, per canonical op key.
+
+Every rule receives the node's new (local) args and returns new args, or raises a
+NodeError when a chosen strategy cannot run locally (which the strategies should prevent).
+Ops not listed here run unchanged: their arguments do not depend on how tensors are split.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+
+from autopar.errors import NodeError
+from autopar.spec import ShardingSpec
+from autopar.tracer.ops import CREATION_OPS
+
+
+def local_args(node: fx.Node, args: tuple, mesh_shape: tuple[int, ...]) -> tuple:
+    """``args`` of ``node`` (already mapped into the new graph), with shapes made local."""
+    strategy = node.meta["strategy"]
+    op = node.meta["op"]
+    out_spec: ShardingSpec = strategy.output
+    if op in ("view", "expand"):
+        shape = tuple(node.meta["tensor"].shape)
+        return (args[0], out_spec.local_shape(shape, mesh_shape), *args[2:])
+    if op == "split":
+        x, sizes, dim = args[0], args[1], args[2]
+        in_spec = strategy.inputs[0]
+        k = in_spec.shards(dim, mesh_shape)
+        if isinstance(sizes, int):
+            return (x, sizes // k, dim, *args[3:])
+        if any(s % k for s in sizes):
+            raise NodeError(node, f"split sizes {sizes} do not divide by the {k} shards of dim {dim}")
+        return (x, [s // k for s in sizes], dim, *args[3:])
+    if op == "slice":
+        return (args[0], _local_index(node, args[1], strategy.inputs[0]))
+    if op in CREATION_OPS and not out_spec.is_replicated():
+        raise NodeError(node, f"creation op with a sharded output {out_spec} is not supported",
+                        stage="generating code for", hint="report this model: creation ops are planned replicated")
+    return args
+
+
+def _local_index(node: fx.Node, index, in_spec: ShardingSpec):
+    """Basic indexing: a sharded dim may only be taken whole (``slice(None)``)."""
+    index = index if isinstance(index, tuple) else (index,)
+    shape = node.all_input_nodes[0].meta["tensor"].shape
+    out, dim = [], 0
+    for item in index:
+        if item is None:
+            out.append(item)
+            continue
+        if dim < len(in_spec.dims) and in_spec.dims[dim]:
+            if not (isinstance(item, slice) and item.step in (None, 1)
+                    and (item.start or 0) == 0 and (item.stop is None or item.stop >= shape[dim])):
+                raise NodeError(node, f"index {item} on dim {dim}, which is split ({in_spec})",
+                                stage="generating code for")
+            item = slice(None)
+        out.append(item)
+        dim += 1
+    return tuple(out)
+
+
+def mean_scale(node: fx.Node, mesh_shape: tuple[int, ...]) -> float:
+    """A mean over split dims computes a local mean; times this factor it is a partial of the global mean.
+
+    mean_global = sum_r sum(x_r) / N = sum_r mean(x_r) * (n_r / N) = sum_r mean(x_r) / k,
+    where k is the number of shards across the reduced dims.
+    """
+    in_spec: ShardingSpec = node.meta["strategy"].inputs[0]
+    args = node.args
+    ndim = in_spec.ndim
+    dims = args[1] if len(args) > 1 else node.kwargs.get("dim")
+    if dims is None or dims == () or dims == []:
+        dims = range(ndim)
+    dims = [dims] if isinstance(dims, int) else dims
+    k = math.prod(in_spec.shards(d % ndim, mesh_shape) for d in dims)
+    return 1.0 / k
+
+
+def sharded_dims_axes(spec: ShardingSpec, dims) -> tuple[int, ...]:
+    return tuple(sorted(a for d in dims for a in spec.dims[d]))
+
+
+class ShardedCrossEntropy(torch.nn.Module):
+    """Cross-entropy over a batch split on mesh axes ``axes``, giving a partial sum of the global loss.
+
+    reduction='mean': loss = sum_r sum_i ce(x_ri) / N_valid, with N_valid = all-reduce of the
+    per-rank counts of targets != ignore_index (no gradient flows through the count).
+    reduction='sum': the local sum is already the partial. reduction='none': unchanged.
+    """
+
+    def __init__(self, mesh, axes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.mesh, self.axes = mesh, axes
+
+    def forward(self, logits, target, *args, **kwargs):
+        reduction = kwargs.pop("reduction", "mean")
+        if args:
+            raise TypeError("canonical cross_entropy takes (logits, target) and keyword arguments")
+        if reduction != "mean":
+            return torch.nn.functional.cross_entropy(logits, target, reduction=reduction, **kwargs)
+        if kwargs.get("weight") is not None:
+            raise NotImplementedError("batch-sharded cross_entropy with class weights")
+        ignore = kwargs.get("ignore_index", -100)
+        local = torch.nn.functional.cross_entropy(logits, target, reduction="sum", **kwargs)
+        count = (target != ignore).sum().to(local.dtype)
+        for axis in self.axes:
+            if self.mesh.size(axis) > 1:
+                torch.distributed.all_reduce(count, group=self.mesh.group(axis))
+        return local / count

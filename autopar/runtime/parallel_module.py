@@ -1,0 +1,61 @@
+"""ParallelModule: what ``autoparallelize`` returns on each rank.
+
+An ``fx.GraphModule`` whose parameters are this rank's shards (so any elementwise torch
+optimizer works unchanged on ``.parameters()``), whose ``.code`` shows every collective, and
+which every rank calls with the same global inputs, getting the full outputs back.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from autopar.spec import ShardingSpec
+
+
+class ParallelModule(fx.GraphModule):
+    def _setup(self, *, mesh, sc, params) -> None:
+        # params: name -> (spec, global shape, original names, is_parameter)
+        self._mesh, self._sc, self._params = mesh, sc, params
+        self.plan = None
+
+    @property
+    def mesh(self):
+        return self._mesh
+
+    def param_spec(self, name: str) -> ShardingSpec:
+        """The spec a parameter is stored in, by its original name."""
+        for own, (spec, _shape, aliases, _is_param) in self._params.items():
+            if name == own or name in aliases:
+                return spec
+        raise KeyError(f"no parameter or buffer named {name!r}; known: {sorted(self._params)}")
+
+    def _gathered(self, pick) -> dict[str, torch.Tensor | None]:
+        out: dict[str, torch.Tensor | None] = {}
+        with torch.no_grad():
+            for name, (spec, shape, aliases, is_param) in self._params.items():
+                local = pick(self._attr(name), is_param)
+                full = None
+                if local is not None:
+                    full = self._sc.apply(local.detach(), spec, ShardingSpec.replicate(len(shape)), shape, self._mesh)
+                for alias in aliases:
+                    out[alias] = full
+        return out
+
+    def _attr(self, name: str) -> torch.Tensor:
+        obj = self
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer gathered to its full shape, keyed by the original model's names."""
+        return self._gathered(lambda t, _is_param: t)  # type: ignore[return-value]
+
+    def full_grads(self) -> dict[str, torch.Tensor | None]:
+        """Every parameter's gradient gathered to its full shape (None where there is none)."""
+        grads = self._gathered(lambda t, is_param: t.grad if is_param else None)
+        return {k: v for k, v in grads.items() if self._is_param_name(k)}
+
+    def _is_param_name(self, name: str) -> bool:
+        return any(is_param and (name == own or name in aliases)
+                   for own, (_s, _sh, aliases, is_param) in self._params.items())

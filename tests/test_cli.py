@@ -1,0 +1,27 @@
+"""`autopar plan`: prints a report, or JSON, and fails clearly on bad input."""
+import json
+
+from autopar.cli import main
+
+
+def test_plan_prints_a_report(capsys):
+    assert main(["plan", "--model", "gpt2", "--size", "tiny", "--cluster", "cpu:4"]) == 0
+    out = capsys.readouterr().out
+    assert "autopar plan: gpt2" in out and "total" in out and "planned in" in out
+    assert "cross_entropy" in out and ("linear" in out or "addmm" in out)
+
+
+def test_plan_json_lists_every_node(capsys):
+    assert main(["plan", "--model", "mlp", "--size", "wide", "--cluster", "8xH100", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    ops = {row["op"] for row in data["rows"]}
+    assert {"linear", "gelu", "mean"} <= ops
+
+
+def test_bad_input_is_a_clear_error(capsys):
+    assert main(["plan", "--model", "gpt2", "--size", "tiny", "--cluster", "8xV100"]) == 2
+    assert "unknown cluster preset" in capsys.readouterr().err
+    assert main(["plan", "--model", "resnet9000"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["plan", "--model", "mlp", "--size", "wide", "--cluster", "cpu:4", "--memory", "0.0001"]) == 2
+    assert "smallest budget that fits" in capsys.readouterr().err
