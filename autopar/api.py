@@ -1,6 +1,8 @@
 """The one-liners: ``plan`` (no process group, no GPU) and ``autoparallelize`` (inside every rank)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 
@@ -9,35 +11,92 @@ from autopar.errors import AutoparError
 
 
 def plan(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *, memory_budget: float | None = None,
-         time_limit: float = 60.0):
+         time_limit: float = 60.0, optimizer: str = "adamw"):
     """The ShardingPlan for ``model`` on ``cluster_info``: trace, build strategies, solve.
 
     Needs no process group and no GPU; model and inputs may live on ``meta``.
-    ``memory_budget`` is bytes per device (default: the cluster's device memory).
+    ``memory_budget`` is bytes per device (default: the cluster's device memory); ``optimizer``
+    (adamw, adam, sgd_momentum, sgd) sets the optimizer state the memory model counts.
     """
     from autopar.tracer import trace
 
     gm = trace(model, example_inputs)
-    return _solve(gm, cluster_info, memory_budget, time_limit)
+    return _solve(gm, cluster_info, memory_budget, time_limit, optimizer=optimizer)
 
 
-def _solve(gm, cluster_info, memory_budget, time_limit):
+def _plan_stages(gm, cluster_info, memory_budget, time_limit, checkpoint):
+    """Stage 1 (sharding) and, when asked or needed, stage 2 (checkpointing): (ShardingPlan, CheckpointPlan|None).
+
+    checkpoint=None: only when no sharding plan fits the budget by itself. "none": never.
+    "auto": also when the fastest sharding plan plus recomputation beats the one that fits.
+    A list of module names: exactly those modules, each one region.
+    """
+    from autopar.errors import InfeasibleBudgetError
+    from autopar.solver.checkpoint import checkpoint_modules, plan_checkpoints
+
+    mesh = cluster_info.mesh_shape
+    if checkpoint not in (None, "none", "auto") and not isinstance(checkpoint, (list, tuple)):
+        raise AutoparError(f"checkpoint must be None, 'none', 'auto' or a list of module names, got {checkpoint!r}")
+    if isinstance(checkpoint, (list, tuple)):
+        sharding = _solve(gm, cluster_info, memory_budget, time_limit)
+        return sharding, checkpoint_modules(gm, mesh, list(checkpoint))
+    fitted = first_error = None
+    try:
+        fitted = _solve(gm, cluster_info, memory_budget, time_limit)
+    except InfeasibleBudgetError as err:
+        if checkpoint == "none":
+            raise
+        first_error = err
+    if checkpoint in (None, "none") and fitted is not None:
+        return fitted, None
+    budget = memory_budget if memory_budget is not None else cluster_info.memory_per_device
+    # Stage 2 runs on two stage-1 candidates: the fastest plan, and the plan that needs the least
+    # memory (solved at the smallest budget stage 1 can meet). The fastest that fits wins.
+    budgets = [None] + ([first_error.min_budget] if first_error is not None else [])
+    best, smallest = (fitted, None) if fitted is not None else (None, None), math.inf
+    for stage1_budget in budgets:
+        sharding = _solve(gm, cluster_info, stage1_budget, time_limit)  # writes meta["strategy"] for stage 2
+        state = sum(row.memory for row in sharding.rows if row.op in ("param", "buffer"))
+        try:
+            stage2 = plan_checkpoints(gm, mesh, budget - state)
+        except InfeasibleBudgetError as err:
+            smallest = min(smallest, state + err.min_budget)
+            continue
+        if best[0] is None or sharding.step_time + stage2.extra_time < _time(*best):
+            best = (sharding, stage2)
+    if best[0] is None:
+        smallest = min(smallest, first_error.min_budget)
+        raise InfeasibleBudgetError(budget, smallest, detail="(with activation checkpointing)")
+    return best
+
+
+def _time(sharding, stage2) -> float:
+    return sharding.step_time + (stage2.extra_time if stage2 is not None else 0.0)
+
+
+def _solve(gm, cluster_info, memory_budget, time_limit, *, optimizer: str = "adamw"):
     from autopar.solver.build import build_strategies
     from autopar.solver.ilp import solve
 
     strategy_graph = build_strategies(gm, cluster_info)
-    return solve(strategy_graph, cluster_info, memory_budget=memory_budget, time_limit=time_limit)
+    return solve(strategy_graph, cluster_info, memory_budget=memory_budget, time_limit=time_limit,
+                 optimizer=optimizer)
 
 
 def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *,
-                    memory_budget: float | None = None, time_limit: float = 60.0):
+                    memory_budget: float | None = None, time_limit: float = 60.0, checkpoint=None,
+                    kernels: bool | None = None):
     """This rank's ParallelModule for ``model``; call it on every rank of an initialised process group.
 
     Every rank traces the same graph; rank 0 solves and broadcasts the plan so all ranks run the
     same one; then each rank generates its own graph with its parameter shards. Every rank calls
-    the result with the same global inputs and gets the full outputs.
+    the result with the same global inputs and gets the full outputs. ``checkpoint``: see
+    ``_plan_stages`` (default: recompute activations only when no sharding plan fits alone).
+    ``kernels``: swap in autopar's Triton kernels (default: on CUDA only).
     """
+    from autopar.runtime.checkpoint_regions import wrap_regions
     from autopar.runtime.codegen import generate
+    from autopar.runtime.kernel_pass import kernels_enabled, swap_kernels
     from autopar.runtime.mesh import RuntimeMesh
     from autopar.runtime.shape_consistency import ShapeConsistencyManager
     from autopar.tracer import trace
@@ -48,12 +107,16 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
                            "or call autopar.plan(...) to plan without weights")
     mesh = RuntimeMesh(cluster_info)
     gm = trace(model, example_inputs)
-    chosen = _broadcast_plan(lambda: _solve(gm, cluster_info, memory_budget, time_limit))
+    chosen, stage2 = _broadcast_plan(lambda: _plan_stages(gm, cluster_info, memory_budget, time_limit, checkpoint))
     for node in gm.graph.nodes:
         if node.meta.get("tensor") is not None or node.op == "get_attr":
             node.meta["strategy"] = chosen.strategy_of(node.name)
     module = generate(gm, mesh, ShapeConsistencyManager(cluster_info))
-    module.plan = chosen
+    if kernels_enabled(mesh.device, kernels):
+        module.kernel_substitutions = tuple(swap_kernels(module, force=True))
+    if stage2 is not None:
+        wrap_regions(module, stage2.regions)
+    module.plan, module.checkpoint_plan = chosen, stage2
     return module
 
 

@@ -17,6 +17,17 @@ class ParallelModule(fx.GraphModule):
         # params: name -> (spec, global shape, original names, is_parameter)
         self._mesh, self._sc, self._params = mesh, sc, params
         self.plan = None
+        self.checkpoint_plan = None  # CheckpointPlan when regions recompute in backward
+        self.kernel_substitutions = ()  # kernel_pass.Substitution records, when kernels ran
+
+    def report(self) -> str:
+        """Every decision: the sharding plan, the recomputed regions, the kernels swapped in."""
+        parts = [self.plan.report() if self.plan is not None else "no plan"]
+        if self.checkpoint_plan is not None:
+            parts.append(self.checkpoint_plan.report())
+        if self.kernel_substitutions:
+            parts.append("Triton kernels: " + ", ".join(map(str, self.kernel_substitutions)))
+        return "\n\n".join(parts)
 
     @property
     def mesh(self):
