@@ -33,6 +33,34 @@ def _close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL, msg=lambda m: f"{name}: {m}")
 
 
+def train_and_compare(ref, pm, inputs, where: str, steps: int = 3) -> None:
+    """Loss at every step, every gradient at the first, every parameter after ``steps`` AdamW steps."""
+    # Adam normalises each gradient (update ~ lr * g / (|g| + eps)), so where g is tiny, rounding
+    # differences between summation orders become update differences proportional to lr.
+    # GPT-2's key bias has a true gradient of exactly 0 (it shifts all logits of a query equally)
+    # and a rounding-noise one of ~4e-11: eps=1e-6 keeps that noise below atol; lr=1e-3 still
+    # moves every parameter by ~3e-3 over 3 steps, 300x the tolerance.
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, eps=1e-6)
+    opt = torch.optim.AdamW(pm.parameters(), lr=1e-3, eps=1e-6)
+    for step in range(steps):
+        ref_opt.zero_grad()
+        opt.zero_grad()
+        ref_loss, loss = _loss(ref, inputs), _loss(pm, inputs)
+        ref_loss.backward()
+        loss.backward()
+        _close(f"{where} step {step} loss", loss.detach(), ref_loss.detach())
+        if step == 0:
+            grads = pm.full_grads()
+            for pname, p in ref.named_parameters():
+                assert grads.get(pname) is not None, f"{where}: no gradient for {pname}"
+                _close(f"{where} grad {pname}", grads[pname], p.grad)
+        ref_opt.step()
+        opt.step()
+    state = pm.full_state_dict()
+    for pname, p in ref.named_parameters():
+        _close(f"{where} parameter {pname} after {steps} AdamW steps", state[pname], p.detach())
+
+
 def check_cases(rank: int, world_size: int, cases) -> list[dict]:
     import autopar
     from autopar import zoo
@@ -47,31 +75,8 @@ def check_cases(rank: int, world_size: int, cases) -> list[dict]:
             budget = fraction * autopar.plan(model, cluster, inputs).peak_memory
         pm = autopar.autoparallelize(model, cluster, inputs, memory_budget=budget)
         where = f"{name} {size} on mesh {mesh_shape} (budget {fraction})"
-
-        # Adam normalises each gradient (update ~ lr * g / (|g| + eps)), so where g is tiny, rounding
-        # differences between summation orders become update differences proportional to lr.
-        # GPT-2's key bias has a true gradient of exactly 0 (it shifts all logits of a query equally)
-        # and a rounding-noise one of ~4e-11: eps=1e-6 keeps that noise below atol; lr=1e-3 still
-        # moves every parameter by ~3e-3 over 3 steps, 300x the tolerance.
-        ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, eps=1e-6)
-        opt = torch.optim.AdamW(pm.parameters(), lr=1e-3, eps=1e-6)
-        for step in range(3):
-            ref_opt.zero_grad()
-            opt.zero_grad()
-            ref_loss, loss = _loss(ref, inputs), _loss(pm, inputs)
-            ref_loss.backward()
-            loss.backward()
-            _close(f"{where} step {step} loss", loss.detach(), ref_loss.detach())
-            if step == 0:
-                grads = pm.full_grads()
-                for pname, p in ref.named_parameters():
-                    assert grads.get(pname) is not None, f"{where}: no gradient for {pname}"
-                    _close(f"{where} grad {pname}", grads[pname], p.grad)
-            ref_opt.step()
-            opt.step()
+        train_and_compare(ref, pm, inputs, where)
         state = pm.full_state_dict()
-        for pname, p in ref.named_parameters():
-            _close(f"{where} parameter {pname} after 3 AdamW steps", state[pname], p.detach())
         sharded = sorted(n for n in state if not pm.param_spec(n).is_replicated())
         report.append({"case": where, "sharded_params": sharded, "code": pm.code if rank == 0 else "",
                        "peak": pm.plan.peak_memory, "budget": budget})

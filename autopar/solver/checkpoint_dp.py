@@ -110,7 +110,13 @@ def plan_chain(chain: Chain, budget: float) -> Schedule:
     if not frontier[n]:
         raise InfeasibleBudgetError(budget, min_peak(chain), detail="(activation checkpointing cannot reach it)")
     retained = min(frontier[n], key=lambda r: frontier[n][r][:2])
-    return evaluate(chain, _walk_back(frontier, n, retained))
+    return evaluate(chain, _merge_kept(_keep_useless(chain, _walk_back(frontier, n, retained))))
+
+
+def _keep_useless(chain: Chain, segments):
+    """A recomputed segment that saves no more than its input is kept instead: it then retains no
+    more, peaks no higher and costs nothing (ties the DP may pick, e.g. mask-building stages)."""
+    return [(a, b, r and sum(chain.saved[a:b + 1]) > chain.inputs[a]) for a, b, r in segments]
 
 
 def _pareto(states: dict) -> list:
@@ -133,7 +139,7 @@ def _walk_back(frontier, end: int, retained: float) -> list[tuple[int, int, bool
         else:
             segments.append((k, k, False))
         end, retained = k, prev_retained
-    return _merge_kept(segments[::-1])
+    return segments[::-1]
 
 
 def _merge_kept(segments):
