@@ -28,6 +28,23 @@ def _shape(shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
+def _memory_lines(plan) -> list[str]:
+    """The peak's breakdown (liveness over forward and backward) and the ILP's size, when recorded."""
+    lines = []
+    mem = getattr(plan, "memory", None) or {}
+    if mem:
+        parts = ", ".join(f"{k} {human_bytes(mem.get(k, 0.0))}"
+                          for k in ("params", "grads", "optimizer", "activations", "temporaries"))
+        lines.append(f"peak at {mem.get('step', '?')}: {parts}")
+    stats = getattr(plan, "stats", None) or {}
+    if stats:
+        lines.append(f"ILP: {stats.get('variables', '?')} variables, {stats.get('constraints', '?')} constraints "
+                     f"({stats.get('nodes', '?')} nodes: {stats.get('merged', 0)} merged into their producer, "
+                     f"{stats.get('tied', 0)} owners tied across {stats.get('repeats', 0)} repeated layers; "
+                     f"{stats.get('memory_rows', 0)} memory rows; optimizer {stats.get('optimizer', '?')})")
+    return lines
+
+
 def plan_table(plan) -> str:
     """One row per node (name, op, output shape, strategy, compute, comm, memory), totals, fallbacks."""
     head = ("node", "op", "shape", "strategy", "compute", "comm", "memory")
@@ -47,6 +64,7 @@ def plan_table(plan) -> str:
         f"predicted step time {human_time(plan.step_time)}, peak memory {human_bytes(plan.peak_memory)} per device "
         f"(budget {human_bytes(plan.memory_budget)}); solver {plan.solver}: {plan.status} in "
         f"{human_time(plan.solve_time)}",
+        *_memory_lines(plan),
         "",
         fmt(head), rule, *[fmt(r) for r in rows[:-1]], rule, fmt(rows[-1]),
     ]

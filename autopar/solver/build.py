@@ -20,7 +20,8 @@ from autopar.solver.strategies import strategies_for
 from autopar.solver.strategies.base import is_tuple_meta
 from autopar.solver.strategy import Strategy
 from autopar.spec import ShardingSpec
-from autopar.tracer.meta import TensorMeta, dtype_bytes
+from autopar.solver.cost_model import itemsize
+from autopar.tracer.meta import TensorMeta
 
 ReshardCost = Callable[[ShardingSpec, ShardingSpec, Sequence[int], int], float]
 # Tuple-valued producers are not resharded by the runtime (only their getitems are): a consumer
@@ -75,9 +76,10 @@ def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: 
     for node in nodes:
         node.meta["strategies"] = strategies_for(node, cluster)
     graph = StrategyGraph(gm, cluster, nodes)
+    cache: dict = {}  # repeated layers ask for the same (specs, shape) matrices again and again
     for node in nodes:
         for k, src in enumerate(node.all_input_nodes):
-            edge = _edge(src, node, k, reshard_cost)
+            edge = _edge(src, node, k, reshard_cost, cache)
             if edge is not None:
                 graph.edges.append(edge)
     return graph
@@ -93,7 +95,7 @@ def _edge_meta(src: fx.Node, dst: fx.Node) -> tuple[TensorMeta | None, bool]:
     return None, True
 
 
-def _edge(src: fx.Node, dst: fx.Node, k: int, reshard_cost: ReshardCost) -> Edge | None:
+def _edge(src: fx.Node, dst: fx.Node, k: int, reshard_cost: ReshardCost, cache: dict) -> Edge | None:
     """The resharding costs of one edge, or None when nothing is ever resharded on it."""
     outs = [s.output for s in src.meta["strategies"]]
     wants = [s.inputs[k] for s in dst.meta["strategies"]]
@@ -102,15 +104,18 @@ def _edge(src: fx.Node, dst: fx.Node, k: int, reshard_cost: ReshardCost) -> Edge
         return None
     # price each distinct (output spec, wanted spec) pair once
     uo, ui = {s: i for i, s in enumerate(dict.fromkeys(outs))}, {s: j for j, s in enumerate(dict.fromkeys(wants))}
-    small = np.zeros((len(uo), len(ui)))
-    for o, i in uo.items():
-        for w, j in ui.items():
-            if w is None or w == o:
-                continue
-            if whole_tuple:
-                small[i, j] = FORBIDDEN
-            else:
-                small[i, j] = reshard_cost(o, w, tm.shape, dtype_bytes(tm.dtype))
+    key = (tuple(uo), tuple(ui), None if whole_tuple else (tuple(tm.shape), tm.dtype))
+    small = cache.get(key)
+    if small is None:
+        small = cache[key] = np.zeros((len(uo), len(ui)))
+        for o, i in uo.items():
+            for w, j in ui.items():
+                if w is None or w == o:
+                    continue
+                if whole_tuple:
+                    small[i, j] = FORBIDDEN
+                else:
+                    small[i, j] = reshard_cost(o, w, tm.shape, itemsize(tm.dtype))
     if not small.any():
         return None
     return Edge(src, dst, k, small, np.array([uo[s] for s in outs]), np.array([ui[s] for s in wants]))

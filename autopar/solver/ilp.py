@@ -1,40 +1,50 @@
 """solve: pick one Strategy per node, minimising the predicted step time under a memory budget.
 
+The ILP is posed on a ``Reduction`` (merge.py): owners carry variables, every other node
+follows its owner through ``pick`` (``choice[k] = pick[k][x_owner(k)]``), so each node's cost
+and memory is a vector over its owner's strategies, and repeated layers share owners.
+
 Variables (PuLP):
 
-    s_v[i] in {0, 1}     node v runs strategy i        (only for nodes with >= 2 strategies)
-    e_uv[a, b] in [0, 1] producer u outputs its a-th distinct spec and consumer v wants its b-th
-                         distinct spec for u (only for edges with a non-zero resharding matrix and
-                         >= 2 strategies at each end). Costs depend only on this pair of specs, so
-                         grouping the strategies by spec is exact and keeps the ILP small.
+    x_o[i] in {0, 1}      owner o runs strategy i                   (owners with >= 2 strategies)
+    e_uv[a, b] in [0, 1]  owner u's strategy is in row group a and owner v's in column group b, for
+                          the edges between them (groups: the spec u's output takes, the spec v
+                          wants; edges with the same owners and groups share one e)
+    S, A_t, G_t >= 0      memory chains (bytes / budget): state, saved activations, gradients
 
-Objective (seconds, scaled to microseconds for the solver's tolerances):
+Objective (seconds, in microseconds for the solver's tolerances):
 
-    min  sum_v sum_i (compute_v[i] + comm_v[i]) s_v[i]  +  sum_(u,v) sum_ab R_uv[a, b] e_uv[a, b]
+    min  sum_k c_k[pick_k] . x_owner(k)  +  sum_edges sum_ab R[a, b] e[a, b]
 
-where R_uv is the edge's resharding matrix over distinct specs (forward + backward, from the shape consistency
-manager). An edge with a single strategy at one end is linear in the other end's s; with one at
-both ends it is a constant.
+with c_k the node's compute + own comm time and R the edge's resharding time (forward +
+backward, shape consistency manager). An edge with one end fixed is linear in the other end's
+x; with both ends on one owner it is a vector over that owner's strategies.
 
 Constraints:
 
-    one-hot      sum_i s_v[i] = 1                                for every node v
-    marginals    sum_b e_uv[a, b] = sum_{i in group a} s_u[i],
-                 sum_a e_uv[a, b] = sum_{j in group b} s_v[j]      for every edge
-                 (the local-polytope linearisation of the product of the two one-hot group
-                 indicators: with s binary, e is forced to the outer product, so e stays continuous)
-    memory       sum_v sum_i memory_v[i] s_v[i] <= budget        (a simple peak: every parameter
-                 state and every saved activation held at once; liveness comes later)
+    one-hot      sum_i x_o[i] = 1                                       every owner o
+    marginals    sum_b e[a, b] = sum_{i in a} x_u[i],  sum_a e[a, b] = sum_{j in b} x_v[j]
+                 (local-polytope linearisation of the product: with x binary, e is the outer product)
+    chains       S = sum_p (param_p + opt_p);  A_t = A_t' + sum_{t' < v <= t} saved_v;
+                 G_t = G_t' + sum_{t <= c(p) < t'} grad_p         (t' the previous kept step)
+    memory       S + A_t + sum_{u in L(t)} out_u + C_t <= budget               forward step t
+                 S + A_t + G_t + sum_{u in L(t)} dout_u + C_t <= budget        backward step t
 
-The smallest feasible budget is the sum of each node's smallest memory (the memory row is the
-only coupling constraint), so an infeasible budget raises InfeasibleBudgetError with that number
-before any solve. HiGHS by default, CBC when HiGHS is missing; ``prob.sol_status`` is recorded
-(2 = feasible but stopped by the time limit before proving optimality).
+one memory row per step of the linearised schedule (memory.py), except rows that can never
+bind, which is exact: forward rows dominated by their backward row (memory.py, Dominance), and
+rows whose largest possible value (every term at its maximum) is within the budget. If no row
+can exceed the budget, there are none. C_t is linear in the e's of the edges into t.
+
+Infeasible budget: when even the per-step minima exceed it, or the solver proves it infeasible,
+the smallest budget is found by the same ILP with the budget as a variable M and objective min M,
+and InfeasibleBudgetError states it. HiGHS by default, CBC as fallback, always with a time limit;
+``prob.sol_status`` 2 (a time limit stopped the search) gives the status "feasible (time limit)".
 """
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pulp
@@ -42,14 +52,14 @@ import pulp
 from autopar.cluster import ClusterInfo
 from autopar.errors import AutoparError, InfeasibleBudgetError
 from autopar.solver.build import StrategyGraph
-from autopar.solver.plan import Fallback, PlanRow, ShardingPlan
-from autopar.solver.strategies import op_key
-from autopar.solver.strategy import Strategy
-from autopar.tracer.meta import TensorMeta
+from autopar.solver.memory import MemoryModel
+from autopar.solver.merge import Reduction, reduce
+from autopar.solver.plan import plan_from_choice
+from autopar.solver.quiet import quiet_stdout
 
 US = 1e6  # objective in microseconds
-_STATUS = {1: "optimal", 2: "feasible (not proven optimal)", 0: "no solution found", -1: "infeasible",
-           -2: "unbounded"}
+STATUS = {1: "optimal", 2: "feasible (time limit)", 0: "no solution found", -1: "infeasible", -2: "unbounded"}
+Restrict = Callable[[object, object], bool]  # (node, strategy) -> allowed
 
 
 def _solver(name: str, time_limit: float):
@@ -65,106 +75,165 @@ def _solver(name: str, time_limit: float):
         return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=1e-6), "CBC"
 
 
+def run_solver(prob: pulp.LpProblem, backend) -> int:
+    """Solve with the C-level stdout silenced (highspy prints a banner even with msg=False); sol_status."""
+    with quiet_stdout():
+        prob.solve(backend)
+    return prob.sol_status
+
+
+class Expr:
+    """A linear expression being built: vectors over owners' x, matrices over e-variables, a constant."""
+
+    def __init__(self) -> None:
+        self.vec: dict[int, np.ndarray] = {}
+        self.mat: dict[tuple, np.ndarray] = {}
+        self.const = 0.0
+
+
+class _Ilp:
+    """The variables and linear expressions of one reduced problem (expressions as {var: coef} dicts)."""
+
+    def __init__(self, sg: StrategyGraph, red: Reduction, restrict: Restrict | None) -> None:
+        self.sg, self.red = sg, red
+        self.prob = pulp.LpProblem("autopar_sharding", pulp.LpMinimize)
+        self.index = {v: k for k, v in enumerate(sg.nodes)}
+        self.x: dict[int, list] = {}
+        for o in red.owners():
+            n = len(sg.nodes[o].meta["strategies"])
+            self.x[o] = [self.prob.add_variable(f"x{o}_{i}", 0, 1, cat=pulp.LpBinary) for i in range(n)]
+            self.prob += pulp.LpAffineExpression([(v, 1) for v in self.x[o]]) == 1, f"onehot{o}"
+        self.e: dict[tuple, list] = {}  # e-variables by (owner u, owner v, row groups, column groups)
+        self._edges: dict[int, tuple] = {}
+        if restrict is not None:
+            self._restrict(restrict)
+
+    def _restrict(self, allowed: Restrict) -> None:
+        """Forbid (x = 0) owner strategies under which some member node runs a disallowed strategy."""
+        masks: dict[int, np.ndarray] = {o: np.ones(len(xs), dtype=bool) for o, xs in self.x.items()}
+        for k, (o, pick) in enumerate(zip(self.red.owner, self.red.pick)):
+            if o is None:
+                continue
+            node = self.sg.nodes[k]
+            ok = np.array([allowed(node, s) for s in node.meta["strategies"]])
+            if ok.any():
+                masks[o] &= ok[pick]
+        for o, mask in masks.items():
+            if mask.any():
+                for var, keep in zip(self.x[o], mask):
+                    if not keep:
+                        var.upBound = 0
+
+    def node_terms(self, k: int, vec: np.ndarray, into: Expr) -> None:
+        """Add ``vec[choice[k]]`` to ``into``."""
+        o, pick = self.red.owner[k], self.red.pick[k]
+        if o is None:
+            into.const += float(vec[pick[0]])
+        elif o in into.vec:
+            into.vec[o] = into.vec[o] + vec[pick]
+        else:
+            into.vec[o] = vec[pick].astype(float)
+
+    def edge_terms(self, t: int, mat: np.ndarray, into: Expr) -> None:
+        """Add ``mat[src group, dst group]`` of edge t (a matrix over the edge's spec groups) to ``into``."""
+        if t not in self._edges:
+            self._edges[t] = self._edge_layout(t)
+        kind, a, b, key = self._edges[t]
+        if kind == "const":
+            into.const += float(mat[a, b])
+        elif kind == "vec":
+            o, vec = key, mat[a, b]
+            into.vec[o] = into.vec[o] + vec if o in into.vec else vec.astype(float)
+        else:
+            sub = mat[np.ix_(a, b)]
+            into.mat[key] = into.mat[key] + sub if key in into.mat else sub.astype(float)
+
+    def _edge_layout(self, t: int):
+        """How edge t's matrix enters: a constant, a vector over one owner, or e-variables (key)."""
+        edge = self.sg.edges[t]
+        u, v = self.index[edge.src], self.index[edge.dst]
+        ou, ov = self.red.owner[u], self.red.owner[v]
+        rows, cols = edge.src_group[self.red.pick[u]], edge.dst_group[self.red.pick[v]]
+        if ou is None and ov is None:
+            return "const", rows[0], cols[0], None
+        if ou is None:
+            return "vec", rows[0], cols, ov
+        if ov is None:
+            return "vec", rows, cols[0], ou
+        if ou == ov:
+            return "vec", rows, cols, ou
+        ra, ca = np.unique(rows), np.unique(cols)
+        key = (ou, ov, rows.tobytes(), cols.tobytes())
+        if key not in self.e:
+            self.e[key] = self._evars(ou, ov, rows, cols, ra, ca)
+        return "mat", ra, ca, key
+
+    def terms(self, expr: Expr) -> list:
+        """The (variable, coefficient) pairs of ``expr`` (its constant apart)."""
+        out = []
+        for o, vec in expr.vec.items():
+            out += [(x, float(c)) for x, c in zip(self.x[o], vec) if c]
+        for key, sub in expr.mat.items():
+            e = self.e[key]
+            out += [(e[a][b], float(sub[a, b])) for a, b in zip(*np.nonzero(sub))]
+        return out
+
+    def _evars(self, ou, ov, rows, cols, ra, ca):
+        t = len(self.e)
+        e = [[self.prob.add_variable(f"e{t}_{a}_{b}", 0, 1) for b in range(len(ca))] for a in range(len(ra))]
+        for a, g in enumerate(ra):  # sum_b e[a, b] = sum_{i in a} x_u[i]
+            group = [(x, -1) for x, r in zip(self.x[ou], rows) if r == g]
+            self.prob += pulp.LpAffineExpression([(y, 1) for y in e[a]] + group) == 0, f"mu{t}_{a}"
+        for b, g in enumerate(ca):  # sum_a e[a, b] = sum_{j in b} x_v[j]
+            group = [(x, -1) for x, c in zip(self.x[ov], cols) if c == g]
+            self.prob += pulp.LpAffineExpression([(e[a][b], 1) for a in range(len(ra))] + group) == 0, f"mv{t}_{b}"
+        return e
+
+    def values(self) -> dict[int, int]:
+        return {o: int(np.argmax([v.varValue or 0.0 for v in xs])) for o, xs in self.x.items()}
+
+    def num_variables(self) -> int:
+        return sum(len(xs) for xs in self.x.values()) + sum(len(e) * len(e[0]) for e in self.e.values())
+
+
 def solve(strategy_graph: StrategyGraph, cluster: ClusterInfo, *, memory_budget: float | None = None,
-          time_limit: float = 60, solver: str = "highs") -> ShardingPlan:
-    """The cheapest plan under ``memory_budget`` bytes per device (default: the device memory)."""
+          time_limit: float = 60, solver: str = "highs", optimizer: str = "adamw", merge: bool = True,
+          share: bool = True, restrict: Restrict | None = None) -> "ShardingPlan":  # noqa: F821
+    """The cheapest plan under ``memory_budget`` bytes per device (default: the device memory).
+
+    ``optimizer`` sets the optimizer state in the memory model (adamw, adam, sgd_momentum, sgd);
+    ``merge``/``share`` switch the ILP reductions; ``restrict(node, strategy) -> bool`` limits the
+    candidates (hand plans: bench/plan_quality.py). ``None`` budget with ``restrict`` means no budget.
+    """
+    from autopar.solver.memory_rows import add_memory_rows, min_budget
+
     start = time.perf_counter()
     budget = float(cluster.memory_per_device if memory_budget is None else memory_budget)
-    nodes = strategy_graph.nodes
-    strats = [n.meta["strategies"] for n in nodes]
-    cost = [np.array([s.compute_time + s.comm_time for s in ss]) * US for ss in strats]
-    mem = [np.array([s.memory for s in ss]) for ss in strats]
-    min_budget = float(sum(m.min() for m in mem))
-    if min_budget > budget:
-        raise InfeasibleBudgetError(budget, min_budget, detail=f"({len(nodes)} nodes; per-node minima)")
-
-    prob = pulp.LpProblem("autopar_sharding", pulp.LpMinimize)
-    index = {n: k for k, n in enumerate(nodes)}
-    svars: dict[int, list] = {}
-    objective: list = []
-    constant = 0.0
-    for k, ss in enumerate(strats):
-        if len(ss) == 1:
-            constant += cost[k][0]
-            continue
-        svars[k] = [prob.add_variable(f"s{k}_{i}", 0, 1, cat=pulp.LpBinary) for i in range(len(ss))]
-        prob += pulp.LpAffineExpression([(v, 1) for v in svars[k]]) == 1, f"onehot{k}"
-        objective += [(v, c) for v, c in zip(svars[k], cost[k]) if c]
-
-    for t, edge in enumerate(strategy_graph.edges):
-        u, v = index[edge.src], index[edge.dst]
-        if u not in svars or v not in svars:
-            r = edge.cost * US
-            if u not in svars and v not in svars:
-                constant += r[0, 0]
-            elif v not in svars:
-                objective += [(x, c) for x, c in zip(svars[u], r[:, 0]) if c]
-            else:
-                objective += [(x, c) for x, c in zip(svars[v], r[0, :]) if c]
-        else:
-            objective += _edge_terms(prob, t, svars[u], svars[v], edge)
-
-    if any(np.ptp(m) > 0 for m in mem):  # the budget can only bind when some choice changes memory
-        row = [(x, m / budget) for k, xs in svars.items() for x, m in zip(xs, mem[k]) if m]
-        fixed = sum(float(mem[k][0]) for k in range(len(nodes)) if k not in svars)
-        prob += pulp.LpAffineExpression(row) <= 1 - fixed / budget, "memory"
-    prob += pulp.LpAffineExpression(objective, constant=constant)
-
+    sg = strategy_graph
+    memory = MemoryModel(sg, optimizer)
+    red = reduce(sg, merge=merge, share=share)
     backend, backend_name = _solver(solver, time_limit)
-    if svars:
-        prob.solve(backend)
-        status = prob.sol_status
-    else:
-        status = 1
+    if memory.bound(upper=False) > budget * (1 + 1e-9):
+        smallest, note = min_budget(sg, red, memory, backend, restrict)
+        raise InfeasibleBudgetError(budget, smallest, detail=note)
+    ilp = _Ilp(sg, red, restrict)
+    objective = Expr()
+    for k, v in enumerate(sg.nodes):
+        ilp.node_terms(k, np.array([s.compute_time + s.comm_time for s in v.meta["strategies"]]) * US, objective)
+    for t, edge in enumerate(sg.edges):
+        ilp.edge_terms(t, edge.spec_cost * US, objective)
+    rows = add_memory_rows(ilp, memory, budget)
+    ilp.prob += pulp.LpAffineExpression(ilp.terms(objective), constant=objective.const)
+    status = run_solver(ilp.prob, backend) if ilp.x else 1
     if status not in (1, 2):
         if status == -1:
-            raise InfeasibleBudgetError(budget, min_budget, detail=f"(solver {backend_name} found none)")
+            smallest, note = min_budget(sg, red, memory, backend, restrict)
+            raise InfeasibleBudgetError(budget, smallest, detail=note)
         raise AutoparError(f"{backend_name} found no plan within time_limit={time_limit} s "
-                           f"(status {_STATUS.get(status, status)}); raise time_limit or the memory budget")
-    choice = [int(np.argmax([x.varValue or 0.0 for x in svars[k]])) if k in svars else 0 for k in range(len(nodes))]
-    return _plan(strategy_graph, cluster, choice, budget, backend_name, _STATUS.get(status, str(status)),
-                 time.perf_counter() - start)
-
-
-def _edge_terms(prob: pulp.LpProblem, t: int, su: list, sv: list, edge) -> list:
-    """Add e_uv over the edge's spec groups with its marginal constraints; return its objective terms."""
-    r = edge.spec_cost * US
-    na, nb = r.shape
-    e = [[prob.add_variable(f"e{t}_{a}_{b}", 0, 1) for b in range(nb)] for a in range(na)]
-    for a in range(na):  # sum_b e[a, b] = sum_{i in a} s_u[i]
-        group = [(x, -1) for x, g in zip(su, edge.src_group) if g == a]
-        prob += pulp.LpAffineExpression([(y, 1) for y in e[a]] + group) == 0, f"mu{t}_{a}"
-    for b in range(nb):  # sum_a e[a, b] = sum_{j in b} s_v[j]
-        group = [(x, -1) for x, g in zip(sv, edge.dst_group) if g == b]
-        prob += pulp.LpAffineExpression([(e[a][b], 1) for a in range(na)] + group) == 0, f"mv{t}_{b}"
-    return [(e[a][b], r[a, b]) for a in range(na) for b in range(nb) if r[a, b]]
-
-
-def _plan(sg: StrategyGraph, cluster: ClusterInfo, choice: list[int], budget: float, solver: str, status: str,
-          solve_time: float) -> ShardingPlan:
-    """Write ``node.meta["strategy"]`` and collect the frozen plan."""
-    index = {n: k for k, n in enumerate(sg.nodes)}
-    reshard = [0.0] * len(sg.nodes)
-    for edge in sg.edges:
-        reshard[index[edge.dst]] += float(edge.cost[choice[index[edge.src]], choice[index[edge.dst]]])
-    rows, fallbacks = [], []
-    for k, node in enumerate(sg.nodes):
-        chosen: Strategy = node.meta["strategies"][choice[k]]
-        node.meta["strategy"] = chosen
-        source = node.meta.get("source", "") or ""
-        rows.append(PlanRow(node.name, op_key(node), _shape(node.meta.get("tensor")), chosen, chosen.compute_time,
-                            chosen.comm_time + reshard[k], chosen.memory, source))
-        if node.meta.get("fallback"):
-            fallbacks.append(Fallback(node.name, op_key(node), source))
-    return ShardingPlan(cluster=cluster.describe(), mesh_shape=tuple(cluster.mesh_shape), rows=tuple(rows),
-                        step_time=sum(r.compute_time + r.comm_time for r in rows),
-                        peak_memory=sum(r.memory for r in rows), memory_budget=budget, solver=solver, status=status,
-                        solve_time=solve_time, fallbacks=tuple(fallbacks))
-
-
-def _shape(tm):
-    if isinstance(tm, TensorMeta):
-        return tuple(tm.shape)
-    if isinstance(tm, tuple):
-        return tuple(tuple(t.shape) if t is not None else None for t in tm)
-    return None
+                           f"(status {STATUS.get(status, status)}); raise time_limit or the memory budget")
+    choice = red.choice(ilp.values())
+    stats = {"nodes": len(sg.nodes), "owners": len(ilp.x), "merged": red.merged, "tied": red.tied,
+             "repeats": red.repeats, "variables": ilp.num_variables(), "memory_rows": rows,
+             "constraints": ilp.prob.numConstraints(), "sol_status": status, "optimizer": optimizer}
+    return plan_from_choice(sg, cluster, choice, memory.peak(choice), budget, backend_name,
+                            STATUS.get(status, str(status)), time.perf_counter() - start, stats)

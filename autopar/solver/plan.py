@@ -39,12 +39,15 @@ class ShardingPlan:
     mesh_shape: tuple[int, ...]
     rows: tuple[PlanRow, ...]
     step_time: float  # s: predicted forward + backward time of one step
-    peak_memory: float  # bytes per device (sum of the chosen strategies' memory)
+    peak_memory: float  # bytes per device at the peak step of the liveness analysis (memory.py)
     memory_budget: float  # bytes per device
     solver: str
-    status: str  # "optimal", "feasible (not proven optimal)", ...
+    status: str  # "optimal", "feasible (time limit)" (sol_status 2: not proven optimal), ...
     solve_time: float  # s
     fallbacks: tuple[Fallback, ...] = ()
+    memory: dict = field(default_factory=dict)  # at the peak step: params, grads, optimizer, activations,
+    #                                             temporaries (bytes per device), and "step"
+    stats: dict = field(default_factory=dict)  # ILP size: nodes, owners, merged, tied, variables, sol_status, ...
     _index: dict = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,13 +87,16 @@ class ShardingPlan:
         data["mesh_shape"] = list(self.mesh_shape)
         data["rows"] = [_row_json(r) for r in self.rows]
         data["fallbacks"] = [asdict(f) for f in self.fallbacks]
+        data["memory"] = dict(self.memory)
+        data["stats"] = dict(self.stats)
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> ShardingPlan:
-        fields = {k: v for k, v in data.items() if k not in ("rows", "fallbacks", "mesh_shape")}
+        fields = {k: v for k, v in data.items() if k not in ("rows", "fallbacks", "mesh_shape", "memory", "stats")}
         return cls(mesh_shape=tuple(data["mesh_shape"]), rows=tuple(_row_from_json(r) for r in data["rows"]),
-                   fallbacks=tuple(Fallback(**f) for f in data["fallbacks"]), **fields)
+                   fallbacks=tuple(Fallback(**f) for f in data["fallbacks"]), memory=dict(data.get("memory", {})),
+                   stats=dict(data.get("stats", {})), **fields)
 
     def save(self, path) -> None:
         with open(path, "w") as f:
@@ -131,3 +137,39 @@ def _row_from_json(d: dict) -> PlanRow:
                         d["strategy_compute_time"], d["strategy_comm_time"], d["strategy_memory"])
     return PlanRow(d["name"], d["op"], _shape_parse(d["shape"]), strategy, d["compute_time"], d["comm_time"],
                    d["memory"], d["source"])
+
+
+def plan_from_choice(sg, cluster, choice: list[int], peak, budget: float, solver: str, status: str,
+                     solve_time: float, stats: dict | None = None) -> ShardingPlan:
+    """Write ``node.meta["strategy"]`` for the chosen strategy indices and collect the frozen plan.
+
+    ``peak`` is the MemoryPeak of the liveness analysis; a row's comm time includes the resharding
+    on its input edges, so ``step_time`` is exactly the ILP's objective.
+    """
+    from autopar.solver.strategies import op_key
+    from autopar.tracer.meta import TensorMeta
+
+    def shape(tm):
+        if isinstance(tm, TensorMeta):
+            return tuple(tm.shape)
+        if isinstance(tm, tuple):
+            return tuple(tuple(t.shape) if t is not None else None for t in tm)
+        return None
+
+    index = {n: k for k, n in enumerate(sg.nodes)}
+    reshard = [0.0] * len(sg.nodes)
+    for edge in sg.edges:
+        reshard[index[edge.dst]] += float(edge.cost[choice[index[edge.src]], choice[index[edge.dst]]])
+    rows, fallbacks = [], []
+    for k, node in enumerate(sg.nodes):
+        chosen: Strategy = node.meta["strategies"][choice[k]]
+        node.meta["strategy"] = chosen
+        source = node.meta.get("source", "") or ""
+        rows.append(PlanRow(node.name, op_key(node), shape(node.meta.get("tensor")), chosen, chosen.compute_time,
+                            chosen.comm_time + reshard[k], chosen.memory, source))
+        if node.meta.get("fallback"):
+            fallbacks.append(Fallback(node.name, op_key(node), source))
+    return ShardingPlan(cluster=cluster.describe(), mesh_shape=tuple(cluster.mesh_shape), rows=tuple(rows),
+                        step_time=sum(r.compute_time + r.comm_time for r in rows), peak_memory=peak.peak,
+                        memory_budget=budget, solver=solver, status=status, solve_time=solve_time,
+                        fallbacks=tuple(fallbacks), memory=peak.to_json(), stats=dict(stats or {}))

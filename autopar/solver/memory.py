@@ -1,0 +1,211 @@
+"""Per-device memory over one training step: a liveness analysis of a linearised schedule.
+
+The schedule is the forward pass in graph order (steps f_1 .. f_N, one per node), then the
+backward pass in reverse (b_N .. b_1). With x the chosen strategies, the bytes live on one
+device at each step are sums of per-node terms, each a function of one node's strategy (or of
+one edge's pair of specs), so every step's memory is linear in the ILP's one-hot variables:
+
+    M(f_t) = S + A_t + sum_{u in L(t)} out_u        + C_t
+    M(b_t) = S + A_t + G_t + sum_{u in L(t)} dout_u + C_t
+
+    S      = sum_p (param_p + opt_p)                  parameter and optimizer state, live all step
+    A_t    = sum_{v <= t} saved_v                     activations saved for backward: saved at f_v,
+                                                      freed after b_v (so the same prefix at f_t, b_t)
+    G_t    = sum_{p : c(p) >= t} grad_p               a parameter's gradient is allocated at b_c(p)
+                                                      (c(p) its last forward user) and kept to the end
+    L(t)   = {u : u <= t <= c(u)}                     outputs produced and still needed at step t
+                                                      (in backward: gradients of outputs accumulated
+                                                      from b_c(u) and freed after b_u, the same set)
+    out_u  = local bytes of u's output (0 for views and other aliases, params, scalars)
+    dout_u = out_u when u's output needs a gradient, else 0
+    C_t    = resharded copies of node t's inputs: sum over input edges (u -> t) of the local bytes
+             of the spec t wants when it differs from the spec u produced
+
+``param_p`` and ``grad_p`` are the local bytes of the parameter in its chosen spec (``grad`` 0 for
+buffers and frozen parameters); ``opt_p`` is the optimizer state in the same spec, by kind, per
+element: ``adamw``/``adam`` two moments, ``sgd_momentum`` one buffer, ``sgd`` none. Moments are
+kept in the parameter's dtype for fp32 parameters; for half-precision parameters in fp32 beside
+an fp32 master copy (mixed precision): bf16 + AdamW costs 2 + 2 + 12 bytes per element.
+``saved_v`` is the node profile's saved bytes scaled to the local shard (``Strategy.memory``).
+
+Dominance: f_t is implied by b_t (same x) when ``dout_u = out_u`` for every u in L(t), since then
+``M(b_t) - M(f_t) = G_t >= 0``; such forward steps need no constraint of their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from autopar.solver.build import StrategyGraph, _edge_meta
+from autopar.solver.cost_model import local_bytes
+
+OPTIMIZERS = {"adamw": 2, "adam": 2, "sgd_momentum": 1, "sgd": 0}
+ALIAS_OPS = frozenset({"view", "permute", "expand", "slice", "split", "getitem", "device", "getattr"})
+CATEGORIES = ("params", "grads", "optimizer", "activations", "temporaries")
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def state_factors(dtype: torch.dtype, optimizer: str) -> tuple[float, float, float]:
+    """(param, grad, optimizer state) bytes per element of a trainable parameter of ``dtype``."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    size = torch.empty((), dtype=dtype).element_size()
+    states = OPTIMIZERS[optimizer]
+    opt = 4.0 * (states + 1) if dtype in _HALF else float(size * states)
+    return float(size), float(size), opt
+
+
+@dataclass(frozen=True)
+class MemoryPeak:
+    """The peak of one plan: bytes per device, the step where it occurs, and its breakdown."""
+
+    peak: float
+    step: str  # "forward %name" or "backward %name"
+    breakdown: dict  # category -> bytes at the peak step (sums to peak)
+
+    def to_json(self) -> dict:
+        return {"peak": self.peak, "step": self.step, **self.breakdown}
+
+
+class MemoryModel:
+    """The per-node and per-edge memory terms of a StrategyGraph, and their liveness intervals.
+
+    Vectors are indexed by a node's strategies (``param[k][i]`` bytes when node k runs strategy i);
+    ``copies`` holds ``(edge index, step, matrix over the edge's spec groups)``.
+    """
+
+    def __init__(self, sg: StrategyGraph, optimizer: str = "adamw") -> None:
+        self.sg, self.optimizer = sg, optimizer
+        mesh = sg.cluster.mesh_shape
+        nodes = sg.nodes
+        n = len(nodes)
+        index = {v: k for k, v in enumerate(nodes)}
+        self.names = [v.name for v in nodes]
+        zeros = [np.zeros(len(v.meta["strategies"])) for v in nodes]
+        self.param = [z.copy() for z in zeros]
+        self.grad = [z.copy() for z in zeros]
+        self.opt = [z.copy() for z in zeros]
+        self.saved = [z.copy() for z in zeros]
+        self.out = [z.copy() for z in zeros]
+        self.needs_grad = np.zeros(n, dtype=bool)
+        self.last_use = np.arange(n)
+        for k, v in enumerate(nodes):
+            users = [index[u] for u in v.users if u in index]
+            self.last_use[k] = max(users, default=k)
+            strategies = v.meta["strategies"]
+            tm = v.meta.get("tensor")
+            op = v.meta.get("op")
+            if v.op == "get_attr" or op in ("param", "buffer"):
+                trainable = op == "param" and getattr(tm, "requires_grad", True)
+                fp, fg, fo = state_factors(tm.dtype, optimizer) if trainable else (1.0, 0.0, 0.0)
+                for i, s in enumerate(strategies):
+                    elems = local_bytes(tm, s.output, mesh) / tm.dtype.itemsize
+                    self.param[k][i], self.grad[k][i], self.opt[k][i] = fp * elems, fg * elems, fo * elems
+                continue
+            if tm is None or v.op == "output":
+                continue
+            if v.op != "placeholder":
+                self.saved[k] = np.array([s.memory for s in strategies])
+            if op not in ALIAS_OPS:
+                self.out[k] = np.array([local_bytes(tm, s.output, mesh) for s in strategies])
+            metas = [t for t in tm if t is not None] if isinstance(tm, tuple) and not hasattr(tm, "shape") else [tm]
+            self.needs_grad[k] = any(t.requires_grad for t in metas)
+        self.copies: list[tuple[int, int, np.ndarray]] = []
+        for e, edge in enumerate(sg.edges):
+            tm, whole = _edge_meta(edge.src, edge.dst)
+            if tm is None or whole:
+                continue
+            wants = {}
+            for j, s in enumerate(edge.dst.meta["strategies"]):
+                wants.setdefault(int(edge.dst_group[j]), s.inputs[edge.index])
+            col = np.array([local_bytes(tm, wants[b], mesh) for b in range(edge.spec_cost.shape[1])])
+            mat = np.where(edge.spec_cost > 0, col[None, :], 0.0)
+            if mat.any():
+                self.copies.append((e, index[edge.dst], mat))
+        self.dout = [o if g else np.zeros_like(o) for o, g in zip(self.out, self.needs_grad)]
+        # L(t): the nodes whose output (or its gradient) is live at step t
+        self.live: list[list[int]] = [[] for _ in range(n)]
+        for u in range(n):
+            if self.out[u].any():
+                for t in range(u, self.last_use[u] + 1):
+                    self.live[t].append(u)
+        # f_t needs its own constraint only when some live output needs no gradient (see Dominance)
+        self.forward_needed = np.array([any(not self.needs_grad[u] for u in self.live[t]) for t in range(n)])
+
+    # ---- evaluation of one plan ---------------------------------------------------------------
+    def profile(self, choice) -> dict[str, np.ndarray]:
+        """Bytes per category at every step: arrays of length 2N (forward f_1..f_N, then b_N..b_1)."""
+        n = len(self.names)
+        pick = [vec[choice[k]] for k, vec in enumerate(self.param)]
+        param = sum(pick)
+        opt = sum(vec[choice[k]] for k, vec in enumerate(self.opt))
+        saved = np.cumsum([vec[choice[k]] for k, vec in enumerate(self.saved)])
+        grad_at = np.zeros(n)
+        for k, vec in enumerate(self.grad):
+            grad_at[self.last_use[k]] += vec[choice[k]]
+        grads = np.cumsum(grad_at[::-1])[::-1]  # G_t = sum_{c(p) >= t}
+        copies = np.zeros(n)
+        for e, t, mat in self.copies:
+            edge = self.sg.edges[e]
+            copies[t] += mat[edge.src_group[choice[self._idx(edge.src)]], edge.dst_group[choice[t]]]
+        temp_f = np.array([sum(self.out[u][choice[u]] for u in self.live[t]) for t in range(n)]) + copies
+        temp_b = np.array([sum(self.dout[u][choice[u]] for u in self.live[t]) for t in range(n)]) + copies
+        rev = slice(None, None, -1)
+        return {"params": np.full(2 * n, param), "grads": np.concatenate([np.zeros(n), grads[rev]]),
+                "optimizer": np.full(2 * n, opt), "activations": np.concatenate([saved, saved[rev]]),
+                "temporaries": np.concatenate([temp_f, temp_b[rev]])}
+
+    def _idx(self, node) -> int:
+        if not hasattr(self, "_index"):
+            self._index = {v: k for k, v in enumerate(self.sg.nodes)}
+        return self._index[node]
+
+    def peak(self, choice) -> MemoryPeak:
+        """The peak over every step of the schedule, with the breakdown at that step."""
+        prof = self.profile(choice)
+        total = sum(prof.values())
+        at = int(np.argmax(total))
+        n = len(self.names)
+        step = f"forward %{self.names[at]}" if at < n else f"backward %{self.names[2 * n - 1 - at]}"
+        return MemoryPeak(float(total[at]), step, {c: float(prof[c][at]) for c in CATEGORIES})
+
+    def step_bounds(self, upper: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Per step, a bound on M(f_t) and M(b_t) over all plans: every term at its largest (smallest)."""
+        red = np.max if upper else np.min
+        n = len(self.names)
+        static = sum(float(red(a + b)) for a, b in zip(self.param, self.opt))
+        grad_at = np.zeros(n)
+        for k, vec in enumerate(self.grad):
+            grad_at[self.last_use[k]] += red(vec)
+        grads = np.cumsum(grad_at[::-1])[::-1]
+        acts = np.cumsum([float(red(v)) for v in self.saved])
+        copies = np.zeros(n)
+        for _, t, mat in self.copies:
+            copies[t] += red(mat)
+        out = np.array([float(red(v)) for v in self.out])
+        dout = np.array([float(red(v)) for v in self.dout])
+        fwd = np.array([out[self.live[t]].sum() for t in range(n)])
+        bwd = np.array([dout[self.live[t]].sum() for t in range(n)])
+        base = static + acts + copies
+        return base + fwd, base + grads + bwd
+
+    def bound(self, upper: bool) -> float:
+        """A bound on the peak of any plan (upper: no plan exceeds it; lower: none goes below it)."""
+        fwd, bwd = self.step_bounds(upper)
+        return float(max(fwd.max(initial=0.0), bwd.max(initial=0.0)))
+
+    def replicated_state(self) -> float:
+        """Parameter + gradient + optimizer bytes of the fully replicated model (strategy 0 is all-replicate)."""
+        return float(sum(p[0] + g[0] + o[0] for p, g, o in zip(self.param, self.grad, self.opt)))
+
+
+def human_breakdown(peak: MemoryPeak) -> str:
+    from autopar.report.text import human_bytes
+
+    parts = ", ".join(f"{c} {human_bytes(peak.breakdown[c])}" for c in CATEGORIES)
+    return f"{parts} (at {peak.step})"
+
+
+__all__ = ["MemoryModel", "MemoryPeak", "OPTIMIZERS", "state_factors", "CATEGORIES"]
