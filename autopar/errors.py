@@ -6,6 +6,10 @@ class AutoparError(RuntimeError):
     """Base class of every error autopar raises on purpose."""
 
 
+class LaunchError(AutoparError):
+    """The processes do not match the cluster (no process group, or another world size); says how to launch."""
+
+
 class NodeError(AutoparError):
     """An error about one graph node: ``While <stage> %name (op) at file.py:12: <message>``."""
 

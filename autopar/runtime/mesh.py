@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from autopar.cluster import ClusterInfo
+from autopar.errors import LaunchError
 
 
 class RuntimeMesh:
@@ -27,7 +28,7 @@ class RuntimeMesh:
 
     def __init__(self, cluster: ClusterInfo, rank: int | None = None, device: torch.device | str | None = None):
         if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError(
+            raise LaunchError(
                 "RuntimeMesh needs an initialised process group: call torch.distributed.init_process_group() "
                 "in every rank first (launch with torchrun --nproc-per-node N)")
         self.cluster = cluster
@@ -35,7 +36,7 @@ class RuntimeMesh:
         self.world_size: int = dist.get_world_size()
         if self.world_size != cluster.world_size:
             mesh = "x".join(map(str, self.mesh_shape))
-            raise RuntimeError(
+            raise LaunchError(
                 f"the process group has {self.world_size} ranks but the cluster's mesh {mesh} needs "
                 f"{cluster.world_size}: launch with torchrun --nproc-per-node {cluster.world_size}, or change "
                 f"the cluster's mesh to one of {self.world_size} devices "

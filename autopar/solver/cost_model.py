@@ -21,6 +21,7 @@ Resharding between nodes is priced on edges (build.py), not here.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -36,6 +37,12 @@ VIEW_OPS = frozenset({"view", "permute", "expand", "slice", "split", "getitem"})
 STORAGE_OPS = frozenset({"param", "buffer"})
 
 
+@functools.lru_cache(maxsize=None)
+def itemsize(dtype) -> int:
+    """Bytes per element of ``dtype`` (cached: building the strategies asks millions of times)."""
+    return dtype_bytes(dtype)
+
+
 def local_bytes(tm: TensorMeta | tuple | None, spec: ShardingSpec | None, mesh_shape: Sequence[int]) -> float:
     """Bytes of one rank's piece of ``tm`` laid out as ``spec`` (each element of a tuple alike)."""
     if tm is None or spec is None:
@@ -43,7 +50,7 @@ def local_bytes(tm: TensorMeta | tuple | None, spec: ShardingSpec | None, mesh_s
     if is_tuple_meta(tm):
         return sum(local_bytes(t, spec, mesh_shape) for t in tm if t is not None)
     shards = math.prod(spec.shards(d, mesh_shape) for d in range(spec.ndim)) if spec.ndim == len(tm.shape) else 1
-    return math.prod(tm.shape) * dtype_bytes(tm.dtype) / shards
+    return math.prod(tm.shape) * itemsize(tm.dtype) / shards
 
 
 def _global_bytes(tm) -> float:
@@ -51,7 +58,7 @@ def _global_bytes(tm) -> float:
         return 0.0
     if is_tuple_meta(tm):
         return sum(_global_bytes(t) for t in tm)
-    return float(math.prod(tm.shape) * dtype_bytes(tm.dtype))
+    return float(math.prod(tm.shape) * itemsize(tm.dtype))
 
 
 def work_fraction(specs: Sequence[ShardingSpec | None], mesh_shape: Sequence[int]) -> float:
@@ -113,4 +120,18 @@ def price(node: fx.Node, out: ShardingSpec | None, inputs: Sequence[ShardingSpec
         total = sum(_global_bytes(t) for t, _ in acts)
         frac = sum(local_bytes(t, s, mesh) for t, s in acts) / total if total else 1.0
         memory = profile.saved_bytes * frac
-    return Strategy(out, inputs, compute, 0.0, memory)
+    return Strategy(out, inputs, compute, vocab_parallel_comm(node, inputs, cluster), memory)
+
+
+def vocab_parallel_comm(node: fx.Node, inputs: Sequence[ShardingSpec | None], cluster: ClusterInfo) -> float:
+    """Cross-entropy with its class dim split (runtime/vocab_parallel.py): on each vocab axis, two
+    all-reduces in forward (the N_local row maxima, then the sums of exp and the target logits, 2 N_local
+    values) and one of the output's gradient in backward. Every other op communicates only on edges: 0."""
+    if node.meta.get("op") != "cross_entropy" or not inputs or inputs[0] is None or inputs[0].ndim != 2:
+        return 0.0
+    spec, tm = inputs[0], node.all_input_nodes[0].meta["tensor"]
+    mesh = cluster.mesh_shape
+    rows = tm.shape[0] / spec.shards(0, mesh) * itemsize(tm.dtype)  # bytes of N_local values
+    out = rows if node.kwargs.get("reduction", "mean") == "none" else itemsize(tm.dtype)
+    return sum(3 * cluster.alpha[a] + 2 * (mesh[a] - 1) / mesh[a] * (3 * rows + out) * cluster.beta[a]
+               for a in spec.dims[1] if mesh[a] > 1)

@@ -3,13 +3,19 @@
 Split the batch dim N of logits and target on an axis: each rank reduces its own rows. With
 ``reduction="sum"`` or ``"mean"`` the output is a partial scalar (for mean the runtime divides
 the local sum by the global count of non-ignored targets); with ``"none"`` it is split on N.
-The class dim C stays replicated (a vocabulary-parallel loss is not offered yet).
+
+Or split the class dim C of 2-D logits on an axis (vocabulary parallel, runtime/vocab_parallel.py):
+the target is replicated there, the row max, the sum of exponentials and the target's logit are
+all-reduced (N floats each, never the logits), and the output is *replicated* on that axis: every
+rank of the vocab group holds the same loss, and backward sums the ranks' gradient contributions
+over the axis before applying softmax - onehot locally. Offered without class weights and label
+smoothing.
 """
 from __future__ import annotations
 
 import torch.fx as fx
 
-from autopar.solver.strategies.base import AxisOption, P, register, shape
+from autopar.solver.strategies.base import AxisOption, P, R, register, shape
 
 
 @register("cross_entropy")
@@ -21,4 +27,9 @@ def cross_entropy_rule(node: fx.Node) -> list[AxisOption]:
         return []  # class-probability targets: not offered
     reduction = node.kwargs.get("reduction", "mean")
     out = 0 if reduction == "none" else P
-    return [AxisOption(out, ((logits, 0), (target, 0)))]
+    opts = [AxisOption(out, ((logits, 0), (target, 0)))]
+    kw = node.kwargs
+    if (len(shape(logits)) == 2 and shape(logits)[1] > 1 and kw.get("weight") is None
+            and not kw.get("label_smoothing") and kw.get("size_average") is None and kw.get("reduce") is None):
+        opts.append(AxisOption(R, ((logits, 1), (target, R))))  # vocabulary parallel
+    return opts
