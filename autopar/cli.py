@@ -17,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autopar", description="Automatic parallelization for PyTorch models.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plan", help="plan a model for a cluster (no GPU needed) and print the report")
-    p.add_argument("--model", default="gpt2", help="zoo model: gpt2 (hf:gpt2), mlp (default: gpt2)")
+    p.add_argument("--model", default="gpt2", help="zoo model: gpt2 (hf:gpt2), mlp, timm:resnet50, ... (default: gpt2)")
     p.add_argument("--size", default=None, help="model size, e.g. tiny, 124m (default: the published size)")
     p.add_argument("--cluster", default="8xH100", help="cluster preset: 8xH100, 2x8xH100, cpu:4, cpu:2x2, ...")
     p.add_argument("--memory", type=float, default=None, help="memory budget per device in GiB (default: device)")

@@ -47,7 +47,8 @@ def run_case(name: str, model: str, size: str, preset: str, time_limit: float) -
         plan = solve(sg, cluster, time_limit=time_limit)
         row["solve_s"], row["stage"] = time.perf_counter() - t0, "solved"
         row.update(status=plan.status, step_time_s=plan.step_time, peak_gib=plan.peak_memory / 2**30,
-                   **{k: plan.stats[k] for k in ("variables", "constraints", "owners", "merged", "tied", "memory_rows")})
+                   **{k: plan.stats[k]
+                      for k in ("variables", "constraints", "owners", "merged", "tied", "memory_rows")})
     except Exception as exc:  # report how far it got
         row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     row["total_s"] = sum(row.get(k, 0.0) for k in ("trace_s", "strategies_s", "solve_s"))
@@ -57,7 +58,8 @@ def run_case(name: str, model: str, size: str, preset: str, time_limit: float) -
 def _fmt(row: dict) -> str:
     def t(k):
         return f"{row[k]:.1f}" if k in row else "-"
-    return (f"{row['case']:<10} {row['mesh']:<11} {row['params'] / 1e9:>6.2f}B {t('trace_s'):>6} {t('strategies_s'):>6} "
+    return (f"{row['case']:<10} {row['mesh']:<11} {row['params'] / 1e9:>6.2f}B "
+            f"{t('trace_s'):>6} {t('strategies_s'):>6} "
             f"{t('solve_s'):>6} {t('total_s'):>6} {row.get('nodes', '-'):>6} {row.get('owners', '-'):>6} "
             f"{row.get('variables', '-'):>8} {row.get('constraints', '-'):>7} {row.get('memory_rows', '-'):>5} "
             f"{row.get('status', row.get('error', row['stage']))}")

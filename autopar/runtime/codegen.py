@@ -28,8 +28,9 @@ import torch.distributed as dist
 import torch.fx as fx
 
 from autopar.errors import AutoparError, NodeError
-from autopar.runtime.localize import ShardedCrossEntropy, local_args, mean_scale
+from autopar.runtime.localize import ShardedCrossEntropy, local_args, mean_scale, vocab_parallel_module
 from autopar.runtime.parallel_module import ParallelModule
+from autopar.runtime.sync_batchnorm import sharded_batch_norm
 from autopar.spec import ShardingSpec
 from autopar.tracer.meta import is_multi, tensor_meta
 
@@ -138,6 +139,14 @@ class _Emitter:
 
     # ---- one method per kind of node ---------------------------------------------------------
     def emit(self, node: fx.Node) -> None:
+        """Write ``node``'s local form; every new node records it as ``meta["traced"]``."""
+        self._emit(node)
+        for new in reversed(self.graph.nodes):
+            if "traced" in new.meta:
+                break
+            new.meta["traced"] = node.name
+
+    def _emit(self, node: fx.Node) -> None:
         strategy = node.meta.get("strategy")
         if strategy is None and node.op != "output" and node.meta.get("tensor") is not None:
             raise NodeError(node, "has no chosen strategy", stage="generating code for",
@@ -201,12 +210,21 @@ class _Emitter:
     def op(self, node: fx.Node, strategy) -> fx.Node:
         """An op on local shards: inputs resharded to the strategy's specs, shape arguments made local."""
         specs = dict(zip(node.all_input_nodes, strategy.inputs))
+        if node.meta.get("op") == "batch_norm":  # the stored running statistics, updated in place
+            specs.update({n: None for n in node.args[1:3] if isinstance(n, fx.Node)})
         args = fx.node.map_arg(node.args, lambda n: self.arrive(n, specs.get(n)))
         kwargs = fx.node.map_arg(node.kwargs, lambda n: self.arrive(n, specs.get(n)))
         args = local_args(node, tuple(args), self.mesh_shape)
         op = node.meta.get("op")
+        swapped = vocab_parallel_module(node, strategy, self.mesh)  # vocab split: a masked, local op
         batch_axes = strategy.inputs[0].dims[0] if op == "cross_entropy" and strategy.inputs[0].dims else ()
-        if batch_axes:
+        if swapped is not None:
+            self.root[swapped[0]] = swapped[1]
+            new = self.graph.call_module(swapped[0], args, kwargs)
+        elif op == "batch_norm":  # statistics synchronised over the axes splitting the batch
+            self.root[f"bn_{node.name}"] = sharded_batch_norm(node, strategy, self.mesh, self.root["comm"].sc)
+            new = self.graph.call_module(f"bn_{node.name}", args, kwargs)
+        elif batch_axes:
             name = f"ce_{node.name}"
             self.root[name] = ShardedCrossEntropy(self.mesh, batch_axes)
             new = self.graph.call_module(name, args, kwargs)

@@ -33,6 +33,8 @@ def local_args(node: fx.Node, args: tuple, mesh_shape: tuple[int, ...]) -> tuple
         if any(s % k for s in sizes):
             raise NodeError(node, f"split sizes {sizes} do not divide by the {k} shards of dim {dim}")
         return (x, [s // k for s in sizes], dim, *args[3:])
+    if op == "conv2d" and args[6] > 1:  # a grouped conv split on channels runs its own groups
+        return (*args[:6], args[6] // out_spec.shards(1, mesh_shape))
     if op == "slice":
         return (args[0], _local_index(node, args[1], strategy.inputs[0]))
     if op in CREATION_OPS and not out_spec.is_replicated():
@@ -109,3 +111,24 @@ class ShardedCrossEntropy(torch.nn.Module):
             if self.mesh.size(axis) > 1:
                 torch.distributed.all_reduce(count, group=self.mesh.group(axis))
         return local / count
+
+
+def vocab_parallel_module(node: fx.Node, strategy, mesh) -> tuple[str, torch.nn.Module] | None:
+    """``(name, module)`` to run ``node`` vocabulary-parallel, or None when its vocabulary is not split.
+
+    embedding with W (V, h) split on dim 0: this rank owns rows [k * V/K, (k+1) * V/K), k its shard
+    index on dim 0; cross_entropy with logits (N, C) split on dim 1: classes [k * C/K, (k+1) * C/K).
+    """
+    from autopar.runtime.vocab_parallel import VocabParallelCrossEntropy, VocabParallelEmbedding
+
+    op = node.meta.get("op")
+    mesh_shape, coord = tuple(mesh.mesh_shape), mesh.coord
+    if op == "embedding" and strategy.inputs[1] is not None and strategy.inputs[1].dims[0]:
+        spec, vocab = strategy.inputs[1], node.all_input_nodes[1].meta["tensor"].shape[0]
+        rows = vocab // spec.shards(0, mesh_shape)
+        return f"vocab_{node.name}", VocabParallelEmbedding(spec.shard_index(0, mesh_shape, coord) * rows, rows, vocab)
+    if op == "cross_entropy" and strategy.inputs[0].ndim == 2 and strategy.inputs[0].dims[1]:
+        spec, classes = strategy.inputs[0], node.all_input_nodes[0].meta["tensor"].shape[1]
+        start = spec.shard_index(1, mesh_shape, coord) * (classes // spec.shards(1, mesh_shape))
+        return f"vocab_{node.name}", VocabParallelCrossEntropy(mesh, spec.dims[1], spec.dims[0], start)
+    return None

@@ -16,11 +16,11 @@ import numpy as np
 import torch.fx as fx
 
 from autopar.cluster import ClusterInfo
+from autopar.solver.cost_model import itemsize
 from autopar.solver.strategies import strategies_for
 from autopar.solver.strategies.base import is_tuple_meta
 from autopar.solver.strategy import Strategy
 from autopar.spec import ShardingSpec
-from autopar.solver.cost_model import itemsize
 from autopar.tracer.meta import TensorMeta
 
 ReshardCost = Callable[[ShardingSpec, ShardingSpec, Sequence[int], int], float]

@@ -37,7 +37,7 @@ VIEW_OPS = frozenset({"view", "permute", "expand", "slice", "split", "getitem"})
 STORAGE_OPS = frozenset({"param", "buffer"})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def itemsize(dtype) -> int:
     """Bytes per element of ``dtype`` (cached: building the strategies asks millions of times)."""
     return dtype_bytes(dtype)

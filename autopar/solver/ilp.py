@@ -198,7 +198,7 @@ class _Ilp:
 
 def solve(strategy_graph: StrategyGraph, cluster: ClusterInfo, *, memory_budget: float | None = None,
           time_limit: float = 60, solver: str = "highs", optimizer: str = "adamw", merge: bool = True,
-          share: bool = True, restrict: Restrict | None = None) -> "ShardingPlan":  # noqa: F821
+          share: bool = True, restrict: Restrict | None = None) -> ShardingPlan:  # noqa: F821
     """The cheapest plan under ``memory_budget`` bytes per device (default: the device memory).
 
     ``optimizer`` sets the optimizer state in the memory model (adamw, adam, sgd_momentum, sgd);

@@ -19,6 +19,9 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from autopar.tracer.canonical_vision import VISION_NAMES, canonicalize_vision
+from autopar.tracer.inplace import functionalize
+
 VIEW_NAMES = frozenset({"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"})
 PERMUTE_NAMES = frozenset({"permute", "transpose", "swapaxes", "swapdims", "t"})
 SPLIT_NAMES = frozenset({"split", "chunk", "split_with_sizes", "unbind", "tensor_split"})
@@ -55,6 +58,7 @@ def _set(node: fx.Node, key: str, target, args, kwargs=None) -> None:
 
 def canonicalize(gm: fx.GraphModule) -> fx.GraphModule:
     """Rewrite ``gm``'s nodes in place to the canonical ops of ``autopar.tracer.ops``; returns ``gm``."""
+    functionalize(gm.graph)  # in-place ops on fresh tensors become out of place (inplace.py)
     for node in list(gm.graph.nodes):
         if node.op in ("placeholder", "output"):
             node.meta["op"] = node.op
@@ -71,6 +75,8 @@ def canonicalize(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 def _canonicalize_op(gm: fx.GraphModule, node: fx.Node) -> None:
+    if node.kwargs.get("inplace") is True:
+        _functionalize_inplace(node)
     name = op_name(node)
     out = node.meta.get("val")
     x = node.args[0] if node.args else None
@@ -124,6 +130,8 @@ def _canonicalize_op(gm: fx.GraphModule, node: fx.Node) -> None:
     if name == "rms_norm" and node.target is F.rms_norm:
         return _set(node, "rms_norm", F.rms_norm, (x, tuple(_arg(node, 1, "normalized_shape")), _arg(node, 2, "weight"),
                                                     _arg(node, 3, "eps")))
+    if name in VISION_NAMES and node.op == "call_function" and canonicalize_vision(node, name):
+        return None
     if name == "dropout" and node.target in (F.dropout, torch.dropout):
         training = _arg(node, 2, "training", node.kwargs.get("train", True))
         return _set(node, "dropout", F.dropout, (x, _arg(node, 1, "p", 0.5), training))
@@ -146,6 +154,23 @@ def _canonicalize_op(gm: fx.GraphModule, node: fx.Node) -> None:
             _set(node, key, method, node.args, node.kwargs)
     node.meta["op"] = key
     return None
+
+
+def _functionalize_inplace(node: fx.Node) -> None:
+    """``f(x, inplace=True)`` (``nn.ReLU(inplace=True)``) -> ``f(x)``, and every later reader of x reads
+    the result instead, which is what it saw in eager. A sharded x may be a fresh resharded copy, or a
+    view autograd forbids to modify, so the runtime never writes into an op's input."""
+    node.kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
+    x = node.args[0] if node.args else None
+    if not isinstance(x, fx.Node):
+        return
+    later = set(x.users) - {node}
+    cur = node.next
+    while later and cur.op != "root":
+        if cur in later:
+            cur.replace_input_with(x, node)
+            later.discard(cur)
+        cur = cur.next
 
 
 def _is_dtype_view(node: fx.Node) -> bool:

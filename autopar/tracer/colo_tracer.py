@@ -11,6 +11,9 @@ What it does differently from ``torch.fx.Tracer``:
   so the graph runs on whatever device its inputs are on and never names ``meta``.
 - Factory functions (``torch.arange``, ``torch.zeros``, ...) called by the model are recorded
   as nodes rather than run eagerly: nothing real is allocated, and no constant is baked.
+- Hugging Face mixture-of-experts modules run densely (every expert on every token, weighted
+  by the routing weights, 0 for unselected experts): their sparse dispatch has data-dependent
+  shapes (``moe.py``).
 - The example inputs decide the placeholders (see ``ColoTracer.trace_model``); the output is
   flattened with pytree and restored by the generated code (``ModelOutput`` survives).
 """
@@ -26,6 +29,7 @@ import torch.utils._pytree as pytree
 from torch.fx.graph import CodeGen, _PyTreeCodeGen, _PyTreeInfo
 from torch.fx.node import map_aggregate
 
+from autopar.tracer import moe
 from autopar.tracer.proxy import (
     CONCRETE_METHODS,
     DATA_FUNCTIONS,
@@ -64,6 +68,7 @@ class ColoTracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__(autowrap_functions=())
         self.record_stack_traces = True
+        self.proxy_buffer_attributes = True  # buffers are graph values: ``num_batches_tracked.add_(1)`` is recorded
         self._attr_meta: dict[str, torch.Tensor] = {}
         self._aliases: dict[int, tuple[str, ...]] = {}  # id(tensor) -> every qualified name
         self._meta_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -82,6 +87,9 @@ class ColoTracer(fx.Tracer):
         return False  # every module is traced through
 
     def call_module(self, m, forward, args, kwargs):
+        dense = moe.dense_forward(m)  # sparse expert dispatch cannot be traced: run it densely (moe.py)
+        if dense is not None:
+            return dense(*args, **kwargs)
         if self.submodule_paths is not None and m in self.submodule_paths:
             return super().call_module(m, forward, args, kwargs)
         return forward(*args, **kwargs)  # a module made at run time: not in the root's tree

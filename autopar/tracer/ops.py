@@ -40,6 +40,8 @@ rms_norm        F.rms_norm                         (x, normalized_shape, weight|
 dropout         F.dropout                          (x, p, training)
 sdpa            F.scaled_dot_product_attention     (q, k, v) kwargs attn_mask, dropout_p, is_causal, scale
 cross_entropy   F.cross_entropy                    (logits, target) kwargs ignore_index, reduction, ...
+conv2d, batch_norm, max_pool2d, avg_pool2d, adaptive_avg_pool2d, pad, roll: positional layouts in
+                ``autopar.tracer.canonical_vision``
 arange/full/    torch.arange, torch.full,          creation ops: shape/ends resolved; no ``device``
 zeros/ones/...  torch.zeros, torch.ones, ...       literal: the device comes from a graph value
                                                    (``x.device``) or is the runtime default
@@ -47,7 +49,11 @@ device          builtins.getattr                   (x, "device")  the device of 
                                                    ``device=`` of creation ops and to ``.to``
 getattr         builtins.getattr                   (x, name)   another attribute read (rare)
 setitem         operator.setitem                   (x, index, value)  in-place ``x[index] = value``; never
-                                                   removed as dead code
+                                                   removed as dead code. On a fresh tensor (not a view,
+                                                   input or parameter) it becomes ``setitem_copy``:
+setitem_copy    inplace.setitem_copy               (x, index, value)  ``x`` with ``x[index] = value``, out of
+                                                   place; in-place ``x.op_(...)`` on a fresh tensor likewise
+                                                   becomes ``x.op(...)`` (``autopar.tracer.inplace``)
 clone           torch.Tensor.clone                 (x,)        only when a user of the copy is in-place
                                                    (otherwise ``contiguous``)
 <other>         as the model called it             anything else keeps its target; key = its name
@@ -80,6 +86,8 @@ POINTWISE = POINTWISE_LINEAR | POINTWISE_MULTILINEAR | frozenset({
     "masked_fill", "eq", "ne", "lt", "le", "gt", "ge", "logical_not", "logical_and", "logical_or",
     "to", "type_as", "float", "half", "bfloat16", "softplus", "leaky_relu", "hardtanh", "mish",
     "contiguous", "dropout", "bitwise_not", "and_", "or_", "invert",
+    "hardswish", "hardsigmoid", "relu6", "elu", "selu", "celu",  # vision activations
+    "long", "int", "bool", "double",  # casts to other kinds: elementwise, not partial-preserving
 })
 # Ops that only rearrange elements; codegen rewrites their shape arguments to local shapes.
 SHAPE_OPS = frozenset({"view", "permute", "expand", "split", "getitem", "slice", "cat", "stack", "contiguous"})

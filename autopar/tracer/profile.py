@@ -24,6 +24,7 @@ import torch.fx as fx
 
 from autopar.tracer.meta import NodeProfile, TensorMeta
 from autopar.tracer.ops import POINTWISE, POINTWISE_LINEAR, SHAPE_OPS
+from autopar.tracer.profile_vision import VISION_PROFILED, vision_profile
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)\n\s*(?P<code>[^\n]*)')
 _SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
@@ -133,6 +134,8 @@ def node_profile(node: fx.Node) -> NodeProfile:
         fwd = 2.0 * numel if active else 0.0
         bwd = float(numel) if active else 0.0
         saved = numel if active else 0  # a bool mask
+    elif key in VISION_PROFILED:
+        fwd, bwd, saved = vision_profile(node, key)
     elif key in SHAPE_OPS or key in ("device", "getattr"):
         fwd = bwd = 0.0
         saved = 0

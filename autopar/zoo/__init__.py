@@ -92,4 +92,7 @@ def _mlp(size: str, device):
 
 def _load_families() -> None:
     """Import the families that register themselves (Hugging Face, timm)."""
-    from autopar.zoo import hf  # noqa: F401
+    from autopar.zoo import (
+        hf,  # noqa: F401
+        timm_models,  # noqa: F401
+    )

@@ -31,7 +31,7 @@ def test_reduction_merges_views_and_ties_layers(gpt2_gm):
     sg = build_strategies(gpt2_gm, CPU2x2)
     red = reduce(sg)
     assert red.repeats == 2 and red.tied > 10 and red.merged > 30
-    for k, node in enumerate(sg.nodes):  # every node's strategies are reachable through its owner
+    for k in range(len(sg.nodes)):  # every node's strategies are reachable through its owner
         assert len(red.pick[k]) == (len(sg.nodes[red.owner[k]].meta["strategies"]) if red.owner[k] is not None else 1)
     views = [k for k, n in enumerate(sg.nodes) if n.meta.get("op") == "view" and red.owner[k] != k]
     assert views

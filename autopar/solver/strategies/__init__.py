@@ -14,16 +14,21 @@ from autopar.errors import NodeError
 from autopar.solver import cost_model
 from autopar.solver.strategies import (  # noqa: F401  (importing registers the rules)
     attention,
+    batchnorm,
+    conv,
     embedding,
+    indexing,
     loss,
+    masks,
     matmul,
     norm,
     placeholder,
     pointwise,
+    pool,
     reduction,
     shape,
 )
-from autopar.solver.strategies.base import RULES, AxisOption, expand, is_tuple_meta, tmeta
+from autopar.solver.strategies.base import CHECKS, RULES, AxisOption, expand, is_tuple_meta, tmeta
 from autopar.solver.strategy import Strategy
 from autopar.spec import ShardingSpec
 
@@ -56,7 +61,10 @@ def strategies_for(node: fx.Node, cluster: ClusterInfo) -> list[Strategy]:
             raise NodeError(node, f"the '{key}' sharding rule failed: {exc!r}",
                             hint="report this with the model; the op's arguments may not be in canonical form") from exc
     strategies = []
+    check = CHECKS.get(key)
     for specs in expand(node, options, cluster.mesh_shape):
+        if check is not None and not check(node, specs, cluster.mesh_shape):
+            continue
         strategies.append(cost_model.price(node, specs[0], specs[1:], cluster))
     return strategies
 

@@ -49,6 +49,21 @@ Rule = Callable[[fx.Node], list[AxisOption]]
 RULES: dict[str, Rule] = {}
 
 
+# key -> extra test of one expanded strategy ``(node, (out spec, input specs...), mesh_shape) -> bool``, for
+# conditions one mesh axis cannot see (a grouped conv needs its channel shards, over all axes, to divide g).
+Check = Callable[[fx.Node, Sequence, Sequence[int]], bool]
+CHECKS: dict[str, Check] = {}
+
+
+def register_check(*keys: str) -> Callable[[Check], Check]:
+    """``@register_check("conv2d")``: strategies of these ops that fail the check are not offered."""
+    def deco(fn: Check) -> Check:
+        for key in keys:
+            CHECKS[key] = fn
+        return fn
+    return deco
+
+
 def register(*keys: str) -> Callable[[Rule], Rule]:
     """``@register("linear")``: the rule lists the AxisOptions of nodes with these canonical op keys."""
     def deco(fn: Rule) -> Rule:

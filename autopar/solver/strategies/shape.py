@@ -135,3 +135,11 @@ def cat_rule(node: fx.Node) -> list[AxisOption]:
             opts.append(AxisOption(out_d, tuple((t, d) for t in tensors)))
     opts.append(AxisOption(P, tuple((t, P) for t in tensors)))
     return opts
+
+
+@register("roll")
+def roll_rule(node: fx.Node) -> list[AxisOption]:
+    """y = roll(x, shifts, dims) (Swin's shifted windows): split any dim not rolled; partial -> partial."""
+    x, dims = node.args[0], node.args[2]
+    xs = shape(x)
+    return [AxisOption(d, ((x, d),)) for d in range(len(xs)) if d not in dims and xs[d] > 1] + [_partial(x)]
