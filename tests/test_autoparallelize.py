@@ -35,15 +35,15 @@ def _close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL, msg=lambda m: f"{name}: {m}")
 
 
-def train_and_compare(ref, pm, inputs, where: str, steps: int = 3) -> None:
-    """Loss at every step, every gradient at the first, every parameter after ``steps`` AdamW steps."""
+def train_and_compare(ref, pm, inputs, where: str, steps: int = 3, eps: float = 1e-6, buffers: bool = False) -> None:
+    """Loss at every step, every gradient at the first, every parameter (and buffer) after ``steps`` AdamW steps."""
     # Adam normalises each gradient (update ~ lr * g / (|g| + eps)), so where g is tiny, rounding
     # differences between summation orders become update differences proportional to lr.
     # GPT-2's key bias has a true gradient of exactly 0 (it shifts all logits of a query equally)
     # and a rounding-noise one of ~4e-11: eps=1e-6 keeps that noise below atol; lr=1e-3 still
     # moves every parameter by ~3e-3 over 3 steps, 300x the tolerance.
-    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, eps=1e-6)
-    opt = torch.optim.AdamW(pm.parameters(), lr=1e-3, eps=1e-6)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, eps=eps)
+    opt = torch.optim.AdamW(pm.parameters(), lr=1e-3, eps=eps)
     for step in range(steps):
         ref_opt.zero_grad()
         opt.zero_grad()
@@ -59,8 +59,9 @@ def train_and_compare(ref, pm, inputs, where: str, steps: int = 3) -> None:
         ref_opt.step()
         opt.step()
     state = pm.full_state_dict()
-    for pname, p in ref.named_parameters():
-        _close(f"{where} parameter {pname} after {steps} AdamW steps", state[pname], p.detach())
+    for pname, p in [*ref.named_parameters(), *(ref.named_buffers() if buffers else ())]:
+        assert pname in state, f"{where}: {pname} missing from the parallel state"
+        _close(f"{where} {pname} after {steps} AdamW steps", state[pname].to(p.dtype), p.detach())
 
 
 def check_cases(rank: int, world_size: int, cases) -> list[dict]:

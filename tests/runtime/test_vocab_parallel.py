@@ -110,31 +110,13 @@ def vocab_cluster(mesh: str):
 def _check_gpt2(rank: int, mesh: str) -> dict:
     import autopar
     from autopar import zoo
-    from tests.test_autoparallelize import _close as close4
-    from tests.test_autoparallelize import _loss
+    from tests.test_autoparallelize import train_and_compare
 
     model, _ = zoo.build("gpt2", "tiny", device="cpu", seed=0)
     inputs = zoo.lm_inputs(2, 8, model.config.vocab_size, "cpu")  # same seed, same ids on every rank
     ref = copy.deepcopy(model)
     pm = autopar.autoparallelize(model, vocab_cluster(mesh), inputs)
-    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, eps=1e-6)  # eps: see test_autoparallelize
-    opt = torch.optim.AdamW(pm.parameters(), lr=1e-3, eps=1e-6)
-    for step in range(3):
-        ref_opt.zero_grad()
-        opt.zero_grad()
-        ref_loss, loss = _loss(ref, inputs), _loss(pm, inputs)
-        ref_loss.backward()
-        loss.backward()
-        close4(f"gpt2 on {mesh} step {step} loss", loss.detach(), ref_loss.detach())
-        if step == 0:
-            grads = pm.full_grads()
-            for name, p in ref.named_parameters():
-                close4(f"gpt2 on {mesh} grad {name}", grads[name], p.grad)
-        ref_opt.step()
-        opt.step()
-    state = pm.full_state_dict()
-    for name, p in ref.named_parameters():
-        close4(f"gpt2 on {mesh} parameter {name} after 3 AdamW steps", state[name], p.detach())
+    train_and_compare(ref, pm, inputs, f"gpt2 on {mesh}")
     return {"wte": str(pm.param_spec("transformer.wte.weight")),
             "embedding": str(pm.plan.strategy_of("embedding")),
             "cross_entropy": str(pm.plan.strategy_of("cross_entropy")),

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.distributed import run_distributed
+from tests.test_autoparallelize import train_and_compare
 
 RTOL, ATOL = 1e-4, 1e-5
 MODELS = ["timm:vit_base_patch16_224", "timm:deit_base_patch16_224", "timm:resnet50", "timm:convnext_tiny",
@@ -165,26 +166,8 @@ def check_timm_cases(rank: int, world_size: int, cases, mesh_shape) -> dict:
         # float32 rounding-noise one of ~1e-8 that depends on the summation order; Adam's update
         # lr * g / (|g| + eps) turns that noise into ~lr/100 per step with eps=1e-6. eps=1e-4 keeps it
         # below atol, while gradients above 1e-3 still move their parameters by about lr per step.
-        ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, eps=1e-4)
-        opt = torch.optim.AdamW(pm.parameters(), lr=1e-3, eps=1e-4)
-        for step in range(3):
-            ref_opt.zero_grad()
-            opt.zero_grad()
-            ref_loss, loss = ref(**inputs), pm(**inputs)
-            ref_loss.backward()
-            loss.backward()
-            _close(f"{where} step {step} loss", loss.detach(), ref_loss.detach())
-            if step == 0:
-                grads = pm.full_grads()
-                for pname, p in ref.named_parameters():
-                    assert grads.get(pname) is not None, f"{where}: no gradient for {pname}"
-                    _close(f"{where} grad {pname}", grads[pname], p.grad)
-            ref_opt.step()
-            opt.step()
+        train_and_compare(ref, pm, inputs, where, eps=1e-4, buffers=True)
         state = pm.full_state_dict()
-        for pname, p in [*ref.named_parameters(), *ref.named_buffers()]:
-            assert pname in state, f"{where}: {pname} missing from the parallel state"
-            _close(f"{where} {pname} after 3 AdamW steps", state[pname].to(p.dtype), p.detach())
         bn = [r for r in pm.plan.rows if r.op == "batch_norm"]
         report["models"][where] = {
             "batch_split_bn": sum(1 for r in bn if any(r.strategy.inputs[0].dims[d] for d in (0, 2, 3))),
