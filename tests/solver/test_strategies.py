@@ -120,3 +120,19 @@ def test_sharding_divides_compute_but_partial_does_not():
     full = got["RR = RR x RR x R"].compute_time
     assert got["S0R = S0R x RR x R"].compute_time < full
     assert got["RR+P0 = RR+P0 x RR x R+P0"].compute_time == full  # every rank multiplies its whole partial
+
+
+def test_class_weighted_mean_cross_entropy_is_never_batch_split():
+    class Weighted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 8)
+            self.register_buffer("w", torch.linspace(0.5, 2.0, 8))
+
+        def forward(self, x, y):
+            return torch.nn.functional.cross_entropy(self.fc(x), y, weight=self.w)
+
+    gm = trace(Weighted(), (torch.randn(32, 16), torch.randint(0, 8, (32,))))
+    node = next(n for n in gm.graph.nodes if n.meta.get("op") == "cross_entropy")
+    specs = {str(s.inputs[0]) for s in strategies_for(node, ClusterInfo.preset("cpu:4"))}
+    assert specs and not any(spec.startswith("S") for spec in specs), specs

@@ -27,8 +27,11 @@ def cross_entropy_rule(node: fx.Node) -> list[AxisOption]:
         return []  # class-probability targets: not offered
     reduction = node.kwargs.get("reduction", "mean")
     out = 0 if reduction == "none" else P
-    opts = [AxisOption(out, ((logits, 0), (target, 0)))]
     kw = node.kwargs
+    # a batch-split mean divides by the global count of valid targets; with class weights the
+    # denominator is their weighted sum, which the runtime does not compute: not offered then
+    weighted_mean = kw.get("weight") is not None and reduction == "mean"
+    opts = [] if weighted_mean else [AxisOption(out, ((logits, 0), (target, 0)))]
     if (len(shape(logits)) == 2 and shape(logits)[1] > 1 and kw.get("weight") is None
             and not kw.get("label_smoothing") and kw.get("size_average") is None and kw.get("reduce") is None):
         opts.append(AxisOption(R, ((logits, 1), (target, R))))  # vocabulary parallel
