@@ -1,7 +1,9 @@
 """The one-liners: ``plan`` (no process group, no GPU) and ``autoparallelize`` (inside every rank)."""
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 
 import torch
 import torch.distributed as dist
@@ -11,17 +13,28 @@ from autopar.errors import AutoparError
 
 
 def plan(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *, memory_budget: float | None = None,
-         time_limit: float = 60.0, optimizer: str = "adamw"):
+         time_limit: float = 60.0, optimizer: str = "adamw", progress=None):
     """The ShardingPlan for ``model`` on ``cluster_info``: trace, build strategies, solve.
 
     Needs no process group and no GPU; model and inputs may live on ``meta``.
     ``memory_budget`` is bytes per device (default: the cluster's device memory); ``optimizer``
     (adamw, adam, sgd_momentum, sgd) sets the optimizer state the memory model counts.
+    ``progress``: called with a line as each stage starts and ends (the CLI prints them).
     """
     from autopar.tracer import trace
 
-    gm = trace(model, example_inputs)
-    return _solve(gm, cluster_info, memory_budget, time_limit, optimizer=optimizer)
+    say = progress or (lambda line: None)
+    with _stage(say, "tracing"):
+        gm = trace(model, example_inputs)
+    return _solve(gm, cluster_info, memory_budget, time_limit, optimizer=optimizer, say=say)
+
+
+@contextlib.contextmanager
+def _stage(say, name: str):
+    say(f"{name} ...")
+    t0 = time.perf_counter()
+    yield
+    say(f"{name}: {time.perf_counter() - t0:.2f} s")
 
 
 def _plan_stages(gm, cluster_info, memory_budget, time_limit, checkpoint):
@@ -74,13 +87,15 @@ def _time(sharding, stage2) -> float:
     return sharding.step_time + (stage2.extra_time if stage2 is not None else 0.0)
 
 
-def _solve(gm, cluster_info, memory_budget, time_limit, *, optimizer: str = "adamw"):
+def _solve(gm, cluster_info, memory_budget, time_limit, *, optimizer: str = "adamw", say=lambda line: None):
     from autopar.solver.build import build_strategies
     from autopar.solver.ilp import solve
 
-    strategy_graph = build_strategies(gm, cluster_info)
-    return solve(strategy_graph, cluster_info, memory_budget=memory_budget, time_limit=time_limit,
-                 optimizer=optimizer)
+    with _stage(say, f"strategies for {len(gm.graph.nodes)} nodes"):
+        strategy_graph = build_strategies(gm, cluster_info)
+    with _stage(say, f"ILP (time limit {time_limit:g} s)"):
+        return solve(strategy_graph, cluster_info, memory_budget=memory_budget, time_limit=time_limit,
+                     optimizer=optimizer)
 
 
 def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *,

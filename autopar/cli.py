@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         model, inputs = zoo.build(args.model, args.size, device="meta")
         budget = args.memory * GiB if args.memory is not None else None
-        plan = api.plan(model, cluster, inputs, memory_budget=budget, time_limit=args.time_limit)
+        plan = api.plan(model, cluster, inputs, memory_budget=budget, time_limit=args.time_limit,
+                        progress=lambda line: print(f"autopar: {line}", file=sys.stderr, flush=True))
         elapsed = time.perf_counter() - t0
     except (AutoparError, ValueError) as exc:
         print(f"autopar: error: {exc}", file=sys.stderr)

@@ -6,8 +6,11 @@ from autopar.cli import main
 
 def test_plan_prints_a_report(capsys):
     assert main(["plan", "--model", "gpt2", "--size", "tiny", "--cluster", "cpu:4"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "autopar plan: gpt2" in out and "total" in out and "planned in" in out
+    # progress goes to stderr, stage by stage, so long plans show where they are
+    assert "autopar: tracing ..." in captured.err and "autopar: ILP (time limit 60 s):" in captured.err
     assert "cross_entropy" in out and ("linear" in out or "addmm" in out)
 
 
