@@ -103,7 +103,7 @@ def generate(gm: fx.GraphModule, mesh, sc) -> ParallelModule:
         emitter.emit(node)
     emitter.graph.lint()
     module = ParallelModule(emitter.root, emitter.graph, class_name="ParallelModule")
-    module._setup(mesh=mesh, sc=sc, params=emitter.params)
+    module._setup(mesh=mesh, sc=sc, params=emitter.params, pieces=emitter.pieces)
     _install_grad_sync(module, emitter.params, mesh)
     return module
 
@@ -121,6 +121,7 @@ class _Emitter:
         self.resharded: dict[tuple[fx.Node, ShardingSpec], fx.Node] = {}
         # name -> (spec, global shape, original names, is a Parameter)
         self.params: dict[str, tuple[ShardingSpec, tuple[int, ...], tuple[str, ...], bool]] = {}
+        self.pieces: dict[str, tuple[str, int, int, int]] = {}  # piece name -> (original name, dim, start, stop)
 
     # ---- resharding ----------------------------------------------------------------------
     def reshard(self, value: fx.Node, src: ShardingSpec, dst: ShardingSpec, shape) -> fx.Node:
@@ -187,6 +188,8 @@ class _Emitter:
         is_param = isinstance(full, torch.nn.Parameter)
         self.root[name] = torch.nn.Parameter(local, requires_grad=full.requires_grad) if is_param else local
         self.params[name] = (spec, tuple(full.shape), tuple(node.meta.get("param_aliases", (name,))), is_param)
+        if "param_piece" in node.meta:  # a column block of a fused projection's weight (tracer/fused.py)
+            self.pieces[name] = node.meta["param_piece"]
         new = self.graph.get_attr(name)
         new.meta = dict(node.meta)
         return new

@@ -13,9 +13,12 @@ from autopar.spec import ShardingSpec
 
 
 class ParallelModule(fx.GraphModule):
-    def _setup(self, *, mesh, sc, params) -> None:
+    def _setup(self, *, mesh, sc, params, pieces=None) -> None:
         # params: name -> (spec, global shape, original names, is_parameter)
+        # pieces: name of a stored piece -> (original name, dim, start, stop), for weights the tracer
+        # cut into pieces (tracer/fused.py); gathered state and gradients join them back.
         self._mesh, self._sc, self._params = mesh, sc, params
+        self._pieces = dict(pieces or {})
         self.plan = None
         self.checkpoint_plan = None  # CheckpointPlan when regions recompute in backward
         self.kernel_substitutions = ()  # kernel_pass.Substitution records, when kernels ran
@@ -34,11 +37,20 @@ class ParallelModule(fx.GraphModule):
         return self._mesh
 
     def param_spec(self, name: str) -> ShardingSpec:
-        """The spec a parameter is stored in, by its original name."""
+        """The spec a parameter is stored in, by its original name (for a weight stored in pieces, the
+        spec of its first piece; ``piece_specs`` gives them all)."""
         for own, (spec, _shape, aliases, _is_param) in self._params.items():
             if name == own or name in aliases:
                 return spec
+        pieces = self.piece_specs(name)
+        if pieces:
+            return pieces[0]
         raise KeyError(f"no parameter or buffer named {name!r}; known: {sorted(self._params)}")
+
+    def piece_specs(self, name: str) -> list[ShardingSpec]:
+        """The specs of the pieces a fused projection's weight ``name`` is stored in, in order ([] if none)."""
+        pieces = sorted((start, own) for own, (orig, _dim, start, _stop) in self._pieces.items() if orig == name)
+        return [self._params[own][0] for _start, own in pieces]
 
     def _gathered(self, pick) -> dict[str, torch.Tensor | None]:
         out: dict[str, torch.Tensor | None] = {}
@@ -50,6 +62,13 @@ class ParallelModule(fx.GraphModule):
                     full = self._sc.apply(local.detach(), spec, ShardingSpec.replicate(len(shape)), shape, self._mesh)
                 for alias in aliases:
                     out[alias] = full
+        joined: dict[str, list] = {}
+        for own, (orig, dim, start, _stop) in self._pieces.items():
+            joined.setdefault(orig, []).append((start, dim, out.pop(own)))
+        for orig, parts in joined.items():
+            parts.sort(key=lambda p: p[0])
+            tensors = [t for _s, _d, t in parts]
+            out[orig] = None if any(t is None for t in tensors) else torch.cat(tensors, dim=parts[0][1])
         return out
 
     def _attr(self, name: str) -> torch.Tensor:
@@ -68,5 +87,7 @@ class ParallelModule(fx.GraphModule):
         return {k: v for k, v in grads.items() if self._is_param_name(k)}
 
     def _is_param_name(self, name: str) -> bool:
+        if any(orig == name and self._params[own][3] for own, (orig, *_rest) in self._pieces.items()):
+            return True
         return any(is_param and (name == own or name in aliases)
                    for own, (_s, _sh, aliases, is_param) in self._params.items())

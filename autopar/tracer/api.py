@@ -14,6 +14,7 @@ import torch.fx as fx
 
 from autopar.tracer.canonical import canonicalize
 from autopar.tracer.colo_tracer import ColoTracer
+from autopar.tracer.fused import split_fused_projections
 from autopar.tracer.profile import profile_graph
 
 
@@ -39,6 +40,7 @@ def trace(
         if node.op == "output":  # the flat tuple of output values
             node.meta["val"] = fx.node.map_arg(node.args[0], lambda n: n.meta.get("val"))
     canonicalize(gm)
+    split_fused_projections(gm)  # q, k, v of one fused matmul: one matmul each (fused.py)
     profile_graph(gm)
     gm.recompile()
     return gm

@@ -14,6 +14,8 @@
   (``"transformer.h.0.attn.c_attn.weight"``); tied weights share one node.
 - ``"param_aliases"``: for parameter ``get_attr`` nodes, every qualified name of that Parameter
   in the model, first name first (``("transformer.wte.weight", "lm_head.weight")`` when tied).
+- ``"param_piece"``: for a piece of a fused projection's weight (``fused.py``), ``(original
+  name, dim, start, stop)``; its ``"param"`` is ``"<original name>_piece<i>"``.
 - ``"stack_trace"``: fx's own record of the Python stack that made the node (``"source"`` is
   read from it).
 
