@@ -82,8 +82,9 @@ def check_cases(rank: int, world_size: int, cases) -> list[dict]:
         train_and_compare(ref, pm, inputs, where)
         state = pm.full_state_dict()
         sharded = sorted(n for n in state if not pm.param_spec(n).is_replicated())
+        heads = [r.name for r in pm.plan.rows if r.op == "sdpa" and r.strategy.inputs[0].dims[1]]
         report.append({"case": where, "sharded_params": sharded, "code": pm.code if rank == 0 else "",
-                       "peak": pm.plan.peak_memory, "budget": budget})
+                       "peak": pm.plan.peak_memory, "budget": budget, "heads_split": heads})
     return report
 
 
@@ -96,6 +97,8 @@ def test_same_numbers_as_single_device(world_size, cases):
             assert case["sharded_params"], f"{case['case']}: the memory budget should force sharded weights"
     # every world tests at least one plan that shards weights, and the world of 4 a data-parallel one
     assert any(case["sharded_params"] for case in reports[0])
+    # and at least one GPT-2 plan runs attention with its heads split (Megatron; tracer/fused.py cuts qkv)
+    assert any(case["heads_split"] for case in reports[0] if case["case"].startswith("gpt2"))
     if world_size == 4:
         dp = next(c for c in reports[0] if c["case"].startswith("mlp small on mesh (4,) (budget None)"))
         assert not dp["sharded_params"], f"batch 1024, hidden 64 should be data parallel: {dp['sharded_params']}"
