@@ -17,7 +17,7 @@ import torch.fx as fx
 
 from autopar.cluster import ClusterInfo
 from autopar.solver.cost_model import itemsize
-from autopar.solver.strategies import strategies_for
+from autopar.solver.strategies import memoised_strategies
 from autopar.solver.strategies.base import is_tuple_meta
 from autopar.solver.strategy import Strategy
 from autopar.spec import ShardingSpec
@@ -73,8 +73,9 @@ def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: 
 
         reshard_cost = ShapeConsistencyManager(cluster).cost
     nodes = list(gm.graph.nodes)
+    memo: dict = {}  # repeated layers: each distinct op signature is enumerated and priced once
     for node in nodes:
-        node.meta["strategies"] = strategies_for(node, cluster)
+        node.meta["strategies"] = memoised_strategies(node, cluster, memo)
     graph = StrategyGraph(gm, cluster, nodes)
     cache: dict = {}  # repeated layers ask for the same (specs, shape) matrices again and again
     for node in nodes:

@@ -69,6 +69,49 @@ def strategies_for(node: fx.Node, cluster: ClusterInfo) -> list[Strategy]:
     return strategies
 
 
+def _signature(node: fx.Node):
+    """What a node's strategies depend on: its op, its arguments with every input node replaced by
+    (position, kind, op, tensor meta), its own tensor meta and profile. Identical layers of a model
+    have equal signatures, so ``build_strategies`` enumerates and prices each distinct one once.
+    None when some argument cannot be compared (then the node is not memoised)."""
+    position = {n: i for i, n in enumerate(node.all_input_nodes)}
+
+    def arg(a):
+        if isinstance(a, fx.Node):
+            return ("node", position[a], a.op, a.meta.get("op"), a.meta.get("tensor"))
+        if isinstance(a, (list, tuple)):
+            return (type(a).__name__, *map(arg, a))
+        if isinstance(a, dict):
+            return ("dict", *((k, arg(v)) for k, v in a.items()))
+        if isinstance(a, slice):
+            return ("slice", arg(a.start), arg(a.stop), arg(a.step))
+        return a
+
+    if node.op == "get_attr":  # a parameter or buffer: priced by its kind and tensor alone, not its name
+        return (node.op, node.meta.get("op"), node.meta.get("tensor"))
+    key = (node.op, node.target, node.meta.get("op"), node.meta.get("tensor"), node.meta.get("profile"),
+           arg(node.args), arg(node.kwargs))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def memoised_strategies(node: fx.Node, cluster: ClusterInfo, memo: dict) -> list[Strategy]:
+    """``strategies_for(node, cluster)``, computed once per distinct ``_signature`` in ``memo``."""
+    key = _signature(node) if node.op not in ("placeholder", "output") else None
+    if key is None:
+        return strategies_for(node, cluster)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = (strategies_for(node, cluster), node.meta.get("fallback", False))
+    node.meta.pop("fallback", None)
+    if hit[1]:
+        node.meta["fallback"] = True
+    return list(hit[0])
+
+
 def _replicated(n: fx.Node) -> ShardingSpec | None:
     tm = tmeta(n)
     if is_tuple_meta(tm):
@@ -76,4 +119,4 @@ def _replicated(n: fx.Node) -> ShardingSpec | None:
     return ShardingSpec.replicate(len(tm.shape)) if tm is not None else None
 
 
-__all__ = ["strategies_for", "RULES", "op_key"]
+__all__ = ["strategies_for", "memoised_strategies", "RULES", "op_key"]
