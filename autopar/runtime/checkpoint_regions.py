@@ -5,17 +5,26 @@ whose ``meta["traced"]`` is in the set, resharding included) move into a sub-Gra
 ``self.ckpt_<i>``; the parent graph calls it as
 
     ckpt_0 = self.ckpt_0
-    checkpoint = torch.utils.checkpoint.checkpoint(ckpt_0, x, weight, ..., use_reentrant=False)
+    checkpoint = torch.utils.checkpoint.checkpoint(ckpt_0, x, weight, ...,
+                                                   use_reentrant=False, preserve_rng_state=False)
 
 so forward keeps only the region's inputs, and backward re-runs the region (its collectives
-included: every rank recomputes the same regions in the same order).
+included: every rank recomputes the same regions in the same order). The RNG state is stashed
+(``preserve_rng_state=True``, about 5 KB per region on CPU) only for a region with a random op
+(a dropout that drops, ``rand``, ...): recomputing any other region draws nothing.
 """
 from __future__ import annotations
 
+import copy
 import operator
 
+import torch
 import torch.fx as fx
 import torch.utils.checkpoint
+
+REGION_CLASS = "CheckpointRegion"  # class name of the region submodules
+_RANDOM_OPS = frozenset({"rand", "randn", "randint", "rand_like", "randn_like", "bernoulli", "multinomial",
+                         "normal", "dropout"})
 
 
 def wrap_regions(gm: fx.GraphModule, regions) -> list[str]:
@@ -30,6 +39,16 @@ def wrap_regions(gm: fx.GraphModule, regions) -> list[str]:
     gm.graph.lint()
     gm.recompile()
     return names
+
+
+def wrap_traced(gm: fx.GraphModule, regions) -> fx.GraphModule:
+    """A copy of a traced single-device ``gm`` with ``regions`` wrapped (its nodes are their own
+    traced names): runs a CheckpointPlan without codegen, for benchmarks and tests."""
+    out = copy.deepcopy(gm)
+    for node in out.graph.nodes:
+        node.meta["traced"] = node.name
+    wrap_regions(out, regions)
+    return out
 
 
 def _extract(gm: fx.GraphModule, nodes: list[fx.Node], name: str) -> str:
@@ -47,13 +66,13 @@ def _extract(gm: fx.GraphModule, nodes: list[fx.Node], name: str) -> str:
         env[node] = sub.node_copy(node, lambda a: env[a])
     sub.output(tuple(env[o] for o in outputs))
     modules = {n.target: gm.get_submodule(n.target) for n in nodes if n.op == "call_module"}
-    gm.add_submodule(name, fx.GraphModule(modules, sub, class_name="CheckpointRegion"))
+    gm.add_submodule(name, fx.GraphModule(modules, sub, class_name=REGION_CLASS))
 
     with gm.graph.inserting_after(nodes[-1]):
         region = gm.graph.get_attr(name)
     with gm.graph.inserting_after(region):
         call = gm.graph.call_function(torch.utils.checkpoint.checkpoint, (region, *inputs),
-                                      {"use_reentrant": False})
+                                      {"use_reentrant": False, "preserve_rng_state": _draws_random(nodes)})
     last = call
     for k, out in enumerate(outputs):
         with gm.graph.inserting_after(last):
@@ -63,3 +82,20 @@ def _extract(gm: fx.GraphModule, nodes: list[fx.Node], name: str) -> str:
     for node in reversed(nodes):
         gm.graph.erase_node(node)
     return name
+
+
+def _draws_random(nodes: list[fx.Node]) -> bool:
+    """Whether recomputing ``nodes`` draws random numbers (then the RNG state must be replayed)."""
+    for node in nodes:
+        op = node.meta.get("op") or getattr(node.target, "__name__", "")
+        if op == "dropout":  # canonical (x, p, training); anything else: assume it draws
+            if len(node.args) < 3 or (node.args[1] and node.args[2]):
+                return True
+        elif op in _RANDOM_OPS or (op == "sdpa" and node.kwargs.get("dropout_p")):
+            return True
+    return False
+
+
+def region_modules(gm: torch.nn.Module) -> list[torch.nn.Module]:
+    """The checkpoint region submodules ``wrap_regions`` added to ``gm``."""
+    return [m for m in gm.modules() if type(m).__name__ == REGION_CLASS]

@@ -9,12 +9,15 @@ allocated). All numbers are for the *global* (unsharded) tensors:
 - backward FLOPs: for matmul-like ops ``2*M*K*N`` per input that needs a gradient (so about
   2x forward), about 2x forward elsewhere, and 0 when the output needs no gradient;
 - output bytes: the bytes of the output tensor(s), views included;
-- saved bytes: what autograd keeps for backward, not counting parameters and buffers
-  (which are held anyway): linear saves its input, nonlinear pointwise ops one input,
-  softmax its output, views nothing. 0 when the output needs no gradient.
+- saved bytes: what autograd keeps for backward, each storage once, for the first node that
+  saves it, not counting parameters and buffers (held anyway): ``saved.saved_bytes`` replays
+  each op on meta to see it. Where an op cannot be replayed, a rule stands in: linear saves
+  its input, nonlinear pointwise ops one input, softmax its output, views nothing. 0 when the
+  output needs no gradient.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -25,6 +28,7 @@ import torch.fx as fx
 from autopar.tracer.meta import NodeProfile, TensorMeta
 from autopar.tracer.ops import POINTWISE, POINTWISE_LINEAR, SHAPE_OPS
 from autopar.tracer.profile_vision import VISION_PROFILED, vision_profile
+from autopar.tracer.saved import saved_bytes
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)\n\s*(?P<code>[^\n]*)')
 _SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
@@ -36,12 +40,18 @@ _NORM_FLOPS = {"layer_norm": 5, "rms_norm": 4, "softmax": 5, "log_softmax": 5, "
 
 
 def profile_graph(gm: fx.GraphModule) -> fx.GraphModule:
-    """Annotate every node of ``gm`` with ``tensor``, ``profile`` and ``source``; returns ``gm``."""
+    """Annotate every node of ``gm`` with ``tensor``, ``profile`` and ``source``; returns ``gm``.
+
+    Saved bytes come from the graph's saved set (``saved.saved_bytes``: each storage counted once,
+    for its first saver); the per-op rules of ``node_profile`` stand where an op cannot be replayed.
+    """
     for node in gm.graph.nodes:
         val = node.meta.get("val")
         node.meta["tensor"] = _tensor_meta(val)
         node.meta["source"] = source_of(node)
         node.meta["profile"] = node_profile(node)
+    for node, saved in saved_bytes(gm).items():
+        node.meta["profile"] = dataclasses.replace(node.meta["profile"], saved_bytes=int(saved))
     return gm
 
 
