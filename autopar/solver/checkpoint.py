@@ -2,13 +2,17 @@
 
 1. ``linearise`` cuts the traced graph into stages at the points where exactly one tensor that
    carries a gradient crosses (masks, ids and other tensors without gradient are free to cross:
-   a checkpoint region takes them as extra inputs).
-2. ``chain_of`` prices each stage from the chosen strategies (local shards): forward time
-   (the forward share of the strategies' compute time), bytes saved for backward (the
-   strategies' memory), bytes of its input, and its largest output plus gradient as transient.
-   Short stages are merged so the chain has at most ``max_stages`` stages.
+   a checkpoint region takes them as extra inputs); a stage where nothing carries a gradient
+   joins the next.
+2. ``chain_of`` prices each stage on one device under the chosen strategies: forward time (the
+   forward share of the strategies' compute time), bytes saved for backward (each storage once,
+   resharded copies included: ``checkpoint_saved``), bytes of the tensor entering it, and its
+   largest output plus gradient as transient; and the storages without gradient that several
+   stages hold or read (``Chain.shared``: a region keeps those it reads, once). Short stages
+   are merged so the chain has at most ``max_stages`` stages.
 3. ``plan_checkpoints`` runs the exact chain DP (``checkpoint_dp``) for the activation budget
-   and returns a CheckpointPlan: the recomputed regions as lists of traced node names.
+   and returns a CheckpointPlan: the recomputed regions as lists of traced node names, and the
+   bytes held for backward when forward ends (``kept``, what ``runtime.saved_probe`` measures).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from autopar.solver.checkpoint_dp import Chain, Schedule, no_checkpoint, plan_chain
+from autopar.solver.checkpoint_saved import root_bytes, root_key, saved_storages
 from autopar.solver.cost_model import local_bytes
 from autopar.tracer.meta import is_multi, tensor_meta
 
@@ -31,34 +36,35 @@ def _carries_grad(node: fx.Node) -> bool:
 
 def linearise(gm: fx.GraphModule) -> list[list[fx.Node]]:
     """Op nodes in order, cut wherever a single gradient-carrying tensor is live across the cut."""
+    return [stage for stage, _entry in _stages(gm)]
+
+
+def _stages(gm: fx.GraphModule) -> list[tuple[list[fx.Node], fx.Node | None]]:
+    """(stage, the gradient-carrying tensor live across the cut before it: what a region there keeps).
+
+    A stage in which nothing carries a gradient (building a mask, position ids) joins the next
+    stage, so every stage reads the tensor entering it and a region never starts at a stage that
+    only passes that tensor through.
+    """
     ops = [n for n in gm.graph.nodes if n.op not in _NOT_OPS]
     position = {n: i for i, n in enumerate(ops)}
     end = len(ops)
     last_use = {n: max((position.get(u, end) for u in n.users), default=position[n]) for n in ops}
-    stages: list[list[fx.Node]] = [[]]
+    stages: list[tuple[list[fx.Node], fx.Node | None]] = [([], None)]
     live: set[fx.Node] = set()
     for i, node in enumerate(ops):
-        stages[-1].append(node)
+        stages[-1][0].append(node)
         if _carries_grad(node):
             live.add(node)
         live = {n for n in live if last_use[n] > i}
-        if len(live) == 1 and i + 1 < end:
-            stages.append([])
-    return [s for s in stages if s]
+        if len(live) == 1 and i + 1 < end and any(_carries_grad(n) for n in stages[-1][0]):
+            stages.append(([], next(iter(live))))
+    return [(stage, entry) for stage, entry in stages if stage]
 
 
-def _boundary(stage: list[fx.Node]) -> fx.Node | None:
-    """The gradient-carrying tensor entering ``stage`` from before it (None for the first)."""
-    inside = set(stage)
-    for node in stage:
-        for arg in node.all_input_nodes:
-            if arg not in inside and arg.op not in ("get_attr",) and _carries_grad(arg):
-                return arg
-    return None
-
-
-def _stage_costs(stage: list[fx.Node], mesh_shape) -> tuple[float, float, float, float]:
-    forward = saved = transient = 0.0
+def _stage_costs(stage: list[fx.Node], entry: fx.Node | None, mesh_shape) -> tuple[float, float, float]:
+    """(forward time, input bytes x, transient bytes t) of one stage; saved bytes come from ``_saved``."""
+    forward = transient = 0.0
     for node in stage:
         strategy = node.meta.get("strategy")
         if strategy is None:
@@ -66,39 +72,83 @@ def _stage_costs(stage: list[fx.Node], mesh_shape) -> tuple[float, float, float,
         profile = node.meta.get("profile")
         total = (profile.fwd_flops + profile.bwd_flops) if profile else 0.0
         forward += strategy.compute_time * (profile.fwd_flops / total if total else 0.5)
-        saved += strategy.memory
         if _carries_grad(node):  # the output and its gradient live while the node runs
             transient = max(transient, 2 * local_bytes(node.meta["tensor"], strategy.output, mesh_shape))
-    entry = _boundary(stage)
     x = 0.0
-    if entry is not None and entry.meta.get("strategy") is not None:
-        x = local_bytes(tensor_meta(entry), entry.meta["strategy"].output, mesh_shape)
-    return forward, saved, x, transient
+    if entry is not None:
+        spec = entry.meta["strategy"].output if entry.meta.get("strategy") is not None else None
+        x = local_bytes(tensor_meta(entry), spec, mesh_shape) if spec is not None else tensor_meta(entry).nbytes
+    return forward, x, transient
 
 
-def _merge(stages: list[list[fx.Node]], max_stages: int, weights: list[float]) -> list[list[fx.Node]]:
-    """Adjacent stages joined greedily until there are at most ``max_stages`` of similar saved bytes."""
+def _saved(stages: list[list[fx.Node]], saves: dict, shared: dict) -> list[float]:
+    """Per stage, the bytes of the storages it saves that no earlier stage saved, shared ones aside."""
+    seen = set(shared)
+    out = []
+    for stage in stages:
+        total = 0.0
+        for node in stage:
+            for key, size in saves.get(node, {}).items():
+                if key not in seen:
+                    seen.add(key)
+                    total += size
+        out.append(total)
+    return out
+
+
+def _merge(stages: list[tuple[list[fx.Node], fx.Node | None]], max_stages: int, weights: list[float]):
+    """Adjacent stages joined greedily until there are at most ``max_stages`` of similar saved bytes
+    (a joined stage keeps the entry of its first part)."""
     if len(stages) <= max_stages:
         return stages
     target = sum(weights) / max_stages
-    out: list[list[fx.Node]] = [[]]
+    out: list[tuple[list[fx.Node], fx.Node | None]] = []
     acc = 0.0
-    for stage, w in zip(stages, weights):
-        if out[-1] and acc + w > target and len(out) < max_stages:
-            out.append([])
+    for (stage, entry), w in zip(stages, weights):
+        if not out or (acc + w > target and len(out) < max_stages):
+            out.append(([], entry))
             acc = 0.0
-        out[-1].extend(stage)
+        out[-1][0].extend(stage)
         acc += w
     return out
 
 
 def chain_of(gm: fx.GraphModule, mesh_shape, max_stages: int = 48) -> tuple[list[list[fx.Node]], Chain]:
     """The stages of ``gm`` (nodes carry ``meta["strategy"]``) and their per-device chain costs."""
-    stages = linearise(gm)
-    weights = [_stage_costs(s, mesh_shape)[1] for s in stages]
-    stages = _merge(stages, max_stages, weights)
-    costs = [_stage_costs(s, mesh_shape) for s in stages]
-    return stages, Chain(*(tuple(c[i] for c in costs) for i in range(4)))
+    saves = saved_storages(gm, mesh_shape)
+    stages = _stages(gm)
+    stages = _merge(stages, max_stages, _saved([s for s, _e in stages], saves, {}))
+    nodes = [s for s, _e in stages]
+    costs = [_stage_costs(s, e, mesh_shape) for s, e in stages]
+    shared, reads, born = _shared_storages(gm, nodes, mesh_shape)
+    holds = tuple(sum(1 << r for r, key in enumerate(shared) if any(key in saves.get(n, {}) for n in stage))
+                  for stage in nodes)
+    return nodes, Chain(tuple(c[0] for c in costs), tuple(_saved(nodes, saves, shared)), tuple(c[1] for c in costs),
+                        tuple(c[2] for c in costs), tuple(shared.values()), holds, reads, born)
+
+
+def _shared_storages(gm: fx.GraphModule, stages: list[list[fx.Node]], mesh_shape):
+    """The storages without gradient that several stages use (masks, rotary tables, ids; ``Chain.shared``).
+
+    Returns ({storage key: local bytes}, per stage the bitmask of those it reads from before it,
+    per storage the stage that makes it (-1: a model input)).
+    """
+    by_name = {n.name: n for n in gm.graph.nodes}
+    stage_of = {n: i for i, stage in enumerate(stages) for n in stage}
+    index: dict[tuple, int] = {}
+    reads = [0] * len(stages)
+    for i, stage in enumerate(stages):
+        inside = set(stage)
+        for node in stage:
+            for arg in node.all_input_nodes:
+                if arg in inside or arg.op == "get_attr" or _carries_grad(arg) or "storage" not in arg.meta:
+                    continue
+                for root in arg.meta["storage"].roots:
+                    if root is not None and by_name[root[0]].op != "get_attr":
+                        reads[i] |= 1 << index.setdefault(root, len(index))
+    shared = {root_key(root): root_bytes(by_name[root[0]], root[1], mesh_shape) for root in index}
+    born = tuple(stage_of.get(by_name[name], -1) for name, _i in index)
+    return shared, tuple(reads), born
 
 
 @dataclass(frozen=True)
@@ -110,6 +160,7 @@ class CheckpointPlan:
     peak_before: float  # bytes: activation peak without checkpointing (chain model)
     peak_after: float  # bytes: activation peak with these regions
     budget: float  # bytes available for activations
+    kept: float = 0.0  # bytes per device held for backward when forward ends, with these regions
 
     def report(self) -> str:
         from autopar.report.text import human_bytes, human_time
@@ -125,21 +176,21 @@ class CheckpointPlan:
     def to_json(self) -> dict:
         return {"regions": [list(r) for r in self.regions], "stages": self.stages, "extra_time": self.extra_time,
                 "bytes_saved": self.bytes_saved, "peak_before": self.peak_before, "peak_after": self.peak_after,
-                "budget": self.budget}
+                "budget": self.budget, "kept": self.kept}
 
 
-def _as_plan(stages, chain: Chain, schedule: Schedule, budget: float) -> CheckpointPlan:
+def as_plan(stages, chain: Chain, schedule: Schedule, budget: float) -> CheckpointPlan:
+    """The CheckpointPlan of ``schedule`` (any schedule of ``chain``: the DP's, Chen's, none)."""
     regions = tuple(tuple(n.name for i in range(a, b + 1) for n in stages[i])
                     for a, b, recomputed in schedule.segments if recomputed)
-    kept = sum(chain.inputs[a] if r else sum(chain.saved[a:b + 1]) for a, b, r in schedule.segments)
-    return CheckpointPlan(regions, len(stages), schedule.extra_time, sum(chain.saved) - kept,
-                          no_checkpoint(chain).peak, schedule.peak, budget)
+    return CheckpointPlan(regions, len(stages), schedule.extra_time, sum(chain.saved) - schedule.retained,
+                          no_checkpoint(chain).peak, schedule.peak, budget, schedule.retained)
 
 
 def plan_checkpoints(gm: fx.GraphModule, mesh_shape, activation_budget: float) -> CheckpointPlan:
     """The regions to recompute so the activation peak fits ``activation_budget`` at least extra time."""
     stages, chain = chain_of(gm, mesh_shape)
-    return _as_plan(stages, chain, plan_chain(chain, activation_budget), activation_budget)
+    return as_plan(stages, chain, plan_chain(chain, activation_budget), activation_budget)
 
 
 def checkpoint_modules(gm: fx.GraphModule, mesh_shape, module_names: list[str]) -> CheckpointPlan:
@@ -152,8 +203,8 @@ def checkpoint_modules(gm: fx.GraphModule, mesh_shape, module_names: list[str]) 
             raise ValueError(f"checkpoint: no op of the traced graph belongs to module {name!r}; "
                              f"give module paths like 'transformer.h.0' (see model.named_modules())")
         regions.append(nodes)
-    peak = no_checkpoint(chain).peak
-    return CheckpointPlan(tuple(regions), len(stages), 0.0, 0.0, peak, peak, float("inf"))
+    none = no_checkpoint(chain)
+    return CheckpointPlan(tuple(regions), len(stages), 0.0, 0.0, none.peak, none.peak, float("inf"), none.retained)
 
 
 def _in_module(node: fx.Node, name: str) -> bool:

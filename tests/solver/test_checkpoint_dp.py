@@ -71,3 +71,43 @@ def test_never_slower_than_chen_at_its_budget_and_free_when_everything_fits():
         chen = chen_schedule(chain)
         assert plan_chain(chain, chen.peak).extra_time <= chen.extra_time
         assert plan_chain(chain, no_checkpoint(chain).peak).extra_time == 0
+
+
+def with_shared(rng: random.Random, chain: Chain, m: int = 3) -> Chain:
+    """``chain`` plus m shared storages (a mask, tables, ids): each made in some stage or an input,
+    read by some later stages, saved by some of the stages reading it."""
+    n = len(chain)
+    born = tuple(rng.randint(-1, n - 1) for _ in range(m))
+    reads, holds = [0] * n, [0] * n
+    for r, b in enumerate(born):
+        for i in range(b + 1, n):
+            if rng.random() < 0.6:
+                reads[i] |= 1 << r
+                if rng.random() < 0.5:
+                    holds[i] |= 1 << r
+        if b >= 0 and rng.random() < 0.5:
+            holds[b] |= 1 << r
+    shared = tuple(float(rng.randint(1, 30)) for _ in range(m))
+    return Chain(chain.forward, chain.saved, chain.inputs, chain.transient, shared, tuple(holds), tuple(reads), born)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 7, 9])
+def test_dp_equals_brute_force_with_shared_storages(n):
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    chain = with_shared(rng, random_chain(rng, n))
+    lowest, highest = min_peak(chain), no_checkpoint(chain).peak
+    assert lowest == min(evaluate(chain, s).peak for s in all_schedules(n)), f"seed {seed}"
+    for budget in sorted({lowest, highest, rng.uniform(lowest, highest)}):
+        schedule = plan_chain(chain, budget)
+        assert schedule.peak <= budget
+        assert schedule.extra_time == brute_force(chain, budget), f"seed {seed}, n {n}, budget {budget}"
+
+
+def test_a_shared_storage_is_kept_once_however_many_regions_read_it():
+    # three stages reading one 10-byte mask made before them: recomputing all keeps their inputs and it, once
+    chain = Chain((1.0,) * 3, (50.0,) * 3, (4.0,) * 3, (0.0,) * 3, (10.0,), (1, 1, 1), (1, 1, 1), (-1,))
+    each = evaluate(chain, [(0, 0, True), (1, 1, True), (2, 2, True)])
+    assert each.retained == 3 * 4 + 10
+    kept = no_checkpoint(chain)
+    assert kept.retained == 3 * 50 + 10
