@@ -25,7 +25,7 @@ Constraints:
     one-hot      sum_i x_o[i] = 1                                       every owner o
     marginals    sum_b e[a, b] = sum_{i in a} x_u[i],  sum_a e[a, b] = sum_{j in b} x_v[j]
                  (local-polytope linearisation of the product: with x binary, e is the outer product)
-    chains       S = sum_p (param_p + opt_p);  A_t = A_t' + sum_{t' < v <= t} saved_v;
+    chains       S = sum_p (param_p + opt_p);  A_t = A_t' + sum_{t' < v <= t} (saved_v + K_v);
                  G_t = G_t' + sum_{t <= c(p) < t'} grad_p         (t' the previous kept step)
     memory       S + A_t + sum_{u in L(t)} out_u + C_t <= budget               forward step t
                  S + A_t + G_t + sum_{u in L(t)} dout_u + C_t <= budget        backward step t
@@ -33,7 +33,8 @@ Constraints:
 one memory row per step of the linearised schedule (memory.py), except rows that can never
 bind, which is exact: forward rows dominated by their backward row (memory.py, Dominance), and
 rows whose largest possible value (every term at its maximum) is within the budget. If no row
-can exceed the budget, there are none. C_t is linear in the e's of the edges into t.
+can exceed the budget, there are none. C_t and K_v (the resharded copies of parameters v saves)
+are linear in the e's of the edges into t and v.
 
 Infeasible budget: when even the per-step minima exceed it, or the solver proves it infeasible,
 the smallest budget is found by the same ILP with the budget as a variable M and objective min M,

@@ -9,7 +9,7 @@ one edge's pair of specs), so every step's memory is linear in the ILP's one-hot
     M(b_t) = S + A_t + G_t + sum_{u in L(t)} dout_u + C_t
 
     S      = sum_p (param_p + opt_p)                  parameter and optimizer state, live all step
-    A_t    = sum_{v <= t} saved_v                     activations saved for backward: saved at f_v,
+    A_t    = sum_{v <= t} (saved_v + K_v)             activations saved for backward: saved at f_v,
                                                       freed after b_v (so the same prefix at f_t, b_t)
     G_t    = sum_{p : c(p) >= t} grad_p               a parameter's gradient is allocated at b_c(p)
                                                       (c(p) its last forward user) and kept to the end
@@ -26,7 +26,12 @@ buffers and frozen parameters); ``opt_p`` is the optimizer state in the same spe
 element: ``adamw``/``adam`` two moments, ``sgd_momentum`` one buffer, ``sgd`` none. Moments are
 kept in the parameter's dtype for fp32 parameters; for half-precision parameters in fp32 beside
 an fp32 master copy (mixed precision): bf16 + AdamW costs 2 + 2 + 12 bytes per element.
-``saved_v`` is the node profile's saved bytes scaled to the local shard (``Strategy.memory``).
+``saved_v`` is the node profile's saved bytes scaled to the local shard (``Strategy.memory``): each
+storage once, for its first saver, so freed after that node's backward (``tracer/saved.py``).
+``K_v`` = the copies of parameters that v saves (a linear layer saves its weight to compute
+its input's gradient) where the plan reshards them for v: the local bytes of the spec v wants,
+on the edges where it differs from the stored spec. A parameter is held anyway; its gathered copy
+is not. (A resharded activation is already in saved_v: its local bytes are those of v's specs.)
 
 Dominance: f_t is implied by b_t (same x) when ``dout_u = out_u`` for every u in L(t), since then
 ``M(b_t) - M(f_t) = G_t >= 0``; such forward steps need no constraint of their own.
@@ -113,6 +118,8 @@ class MemoryModel:
             metas = [t for t in tm if t is not None] if isinstance(tm, tuple) and not hasattr(tm, "shape") else [tm]
             self.needs_grad[k] = any(t.requires_grad for t in metas)
         self.copies: list[tuple[int, int, np.ndarray]] = []
+        graph_nodes = {v.name: v for v in nodes[0].graph.nodes} if nodes else {}
+        self.kept_copies: list[tuple[int, int, np.ndarray]] = []  # K: copies of parameters saved for backward
         for e, edge in enumerate(sg.edges):
             tm, whole = _edge_meta(edge.src, edge.dst)
             if tm is None or whole:
@@ -124,6 +131,8 @@ class MemoryModel:
             mat = np.where(edge.spec_cost > 0, col[None, :], 0.0)
             if mat.any():
                 self.copies.append((e, index[edge.dst], mat))
+                if _param_rooted(edge.src, graph_nodes) and _saves_input(edge.dst, edge.src):
+                    self.kept_copies.append((e, index[edge.dst], mat))
         self.dout = [o if g else np.zeros_like(o) for o, g in zip(self.out, self.needs_grad)]
         # L(t): the nodes whose output (or its gradient) is live at step t
         self.live: list[list[int]] = [[] for _ in range(n)]
@@ -141,21 +150,27 @@ class MemoryModel:
         pick = [vec[choice[k]] for k, vec in enumerate(self.param)]
         param = sum(pick)
         opt = sum(vec[choice[k]] for k, vec in enumerate(self.opt))
-        saved = np.cumsum([vec[choice[k]] for k, vec in enumerate(self.saved)])
+        saved = np.array([vec[choice[k]] for k, vec in enumerate(self.saved)])
+        for e, t, mat in self.kept_copies:
+            saved[t] += self._edge_value(e, t, mat, choice)
+        saved = np.cumsum(saved)
         grad_at = np.zeros(n)
         for k, vec in enumerate(self.grad):
             grad_at[self.last_use[k]] += vec[choice[k]]
         grads = np.cumsum(grad_at[::-1])[::-1]  # G_t = sum_{c(p) >= t}
         copies = np.zeros(n)
         for e, t, mat in self.copies:
-            edge = self.sg.edges[e]
-            copies[t] += mat[edge.src_group[choice[self._idx(edge.src)]], edge.dst_group[choice[t]]]
+            copies[t] += self._edge_value(e, t, mat, choice)
         temp_f = np.array([sum(self.out[u][choice[u]] for u in self.live[t]) for t in range(n)]) + copies
         temp_b = np.array([sum(self.dout[u][choice[u]] for u in self.live[t]) for t in range(n)]) + copies
         rev = slice(None, None, -1)
         return {"params": np.full(2 * n, param), "grads": np.concatenate([np.zeros(n), grads[rev]]),
                 "optimizer": np.full(2 * n, opt), "activations": np.concatenate([saved, saved[rev]]),
                 "temporaries": np.concatenate([temp_f, temp_b[rev]])}
+
+    def _edge_value(self, e: int, t: int, mat: np.ndarray, choice) -> float:
+        edge = self.sg.edges[e]
+        return mat[edge.src_group[choice[self._idx(edge.src)]], edge.dst_group[choice[t]]]
 
     def _idx(self, node) -> int:
         if not hasattr(self, "_index"):
@@ -180,7 +195,10 @@ class MemoryModel:
         for k, vec in enumerate(self.grad):
             grad_at[self.last_use[k]] += red(vec)
         grads = np.cumsum(grad_at[::-1])[::-1]
-        acts = np.cumsum([float(red(v)) for v in self.saved])
+        acts = np.array([float(red(v)) for v in self.saved])
+        for _, t, mat in self.kept_copies:
+            acts[t] += red(mat)
+        acts = np.cumsum(acts)
         copies = np.zeros(n)
         for _, t, mat in self.copies:
             copies[t] += red(mat)
@@ -199,6 +217,19 @@ class MemoryModel:
     def replicated_state(self) -> float:
         """Parameter + gradient + optimizer bytes of the fully replicated model (strategy 0 is all-replicate)."""
         return float(sum(p[0] + g[0] + o[0] for p, g, o in zip(self.param, self.grad, self.opt)))
+
+
+def _param_rooted(node, graph_nodes) -> bool:
+    """Whether ``node``'s output lives in a parameter's or buffer's storage (it or a view of it)."""
+    storage = node.meta.get("storage")
+    root = graph_nodes.get(storage.roots[0][0]) if storage is not None and storage.roots[0] else node
+    return root is not None and root.op == "get_attr"
+
+
+def _saves_input(node, arg) -> bool:
+    """Whether ``node`` saves ``arg`` (or a view of it) for backward (the tracer's ``meta["storage"]``)."""
+    storage, own = node.meta.get("storage"), arg.meta.get("storage")
+    return storage is not None and own is not None and bool(set(own.roots) & set(storage.saves))
 
 
 def human_breakdown(peak: MemoryPeak) -> str:

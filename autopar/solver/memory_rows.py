@@ -23,7 +23,7 @@ import pulp
 from autopar.solver.memory import MemoryModel
 
 
-def _chain(ilp, steps, terms_at, keep, name: str) -> dict[int, object]:
+def _chain(ilp, steps, terms_at, keep, name: str, edges_at=lambda t: ()) -> dict[int, object]:
     """Chain variables V_t = V_prev + (terms of the steps since prev), defined at the kept steps, in ``steps`` order."""
     from autopar.solver.ilp import Expr
 
@@ -32,6 +32,8 @@ def _chain(ilp, steps, terms_at, keep, name: str) -> dict[int, object]:
     for t in steps:
         for k, vec in terms_at(t):
             ilp.node_terms(k, vec, acc)
+        for e, mat in edges_at(t):
+            ilp.edge_terms(e, mat, acc)
         if t in keep:
             var = prob.add_variable(f"{name}{t}", 0, None)
             terms = [(var, 1.0)] + ([(prev, -1.0)] if prev is not None else []) + [(v, -c) for v, c in ilp.terms(acc)]
@@ -48,6 +50,8 @@ def interior_steps(red, mm: MemoryModel) -> set[int]:
     first, end = starts[0], starts[-1] + length
     dst_edges = defaultdict(list)
     for e, t, _ in mm.copies:
+        dst_edges[t].append(mm.sg.edges[e].src)
+    for e, t, _ in mm.kept_copies:  # a saved copy marks its edge again
         dst_edges[t].append(mm.sg.edges[e].src)
     index = {v: k for k, v in enumerate(mm.sg.nodes)}
 
@@ -82,7 +86,10 @@ def _build_rows(ilp, mm: MemoryModel, keep_f: np.ndarray, keep_b: np.ndarray, sc
     s_var = prob.add_variable("S", 0, None)
     prob += pulp.LpAffineExpression([(s_var, 1.0)] + [(v, -c) for v, c in ilp.terms(static)]) == static.const, \
         "chain_S"
-    acts = _chain(ilp, range(n), lambda t: [(t, mm.saved[t] / scale)], kept, "A")
+    kept_copies = defaultdict(list)
+    for e, t, mat in mm.kept_copies:
+        kept_copies[t].append((e, mat / scale))
+    acts = _chain(ilp, range(n), lambda t: [(t, mm.saved[t] / scale)], kept, "A", kept_copies.__getitem__)
     by_use = defaultdict(list)
     for p in range(n):
         if mm.grad[p].any():

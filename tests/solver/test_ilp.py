@@ -53,13 +53,15 @@ def test_tight_budget_shards_parameter_and_optimizer_state_zero_like():
     # cost model ZeRO-3 (state stored split, all-gathered for use, gradient reduce-scattered) moves the same
     # bytes as DP's gradient all-reduce, so under a budget that only fits with split state the solver keeps
     # the batch split and shards the weights' parameter, gradient and optimizer state: ZeRO-like, same time.
-    # (Here activations outweigh the state, so a budget below the replicated state alone is infeasible.)
+    # (Here activations outweigh the state, so a budget below the replicated state alone is infeasible.
+    # The second linear saves its gathered weight for backward, a copy that counts as an activation
+    # until then, so splitting the state saves less than 3/4 of it: the budget leaves 0.35 of it out.)
     gm = traced_mlp(4096, 256, loss=True)
     sg = build_strategies(gm, CPU4)
     dp = solve(sg, CPU4)
     assert chosen(dp, "fc1_weight") == "RR" and chosen(dp, "linear") == "S0R = S0R x RR x R"
     state = dp.memory["params"] + dp.memory["grads"] + dp.memory["optimizer"]
-    budget = dp.peak_memory - 0.5 * state
+    budget = dp.peak_memory - 0.35 * state
     zero = solve(sg, CPU4, memory_budget=budget)
     assert zero.peak_memory <= budget * (1 + 1e-9)
     assert zero.step_time <= dp.step_time * 1.05

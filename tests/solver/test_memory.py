@@ -55,3 +55,19 @@ def test_plan_json_records_the_breakdown_at_the_peak(tmp_path):
     assert data["stats"]["sol_status"] == 1
     text = plan.report()
     assert "peak at" in text and "optimizer" in text and "ILP:" in text
+
+
+def test_a_resharded_parameter_its_consumer_saves_is_an_activation_until_that_backward():
+    gm = traced_mlp(64, 512, loss=True)  # x needs no gradient: the first linear does not save its weight
+    sg = build_strategies(gm, CPU4)
+    mm = MemoryModel(sg)
+    kept = {(sg.edges[e].src.name, mm.names[t]) for e, t, _ in mm.kept_copies}
+    assert kept == {("fc2_weight", "linear_1")}  # it saves its weight to give its input a gradient
+    e, t, mat = mm.kept_copies[0]
+    edge = sg.edges[e]
+    i, j = next((i, j) for i in range(len(edge.src_group)) for j in range(len(edge.dst_group))
+                if mat[edge.src_group[i], edge.dst_group[j]] > 0)  # the weight stored one way, wanted another
+    choice = [0] * len(mm.names)
+    choice[mm.names.index(edge.src.name)], choice[t] = i, j
+    acts = mm.profile(choice)["activations"]
+    assert acts[t] - acts[t - 1] == pytest.approx(mm.saved[t][j] + mat[edge.src_group[i], edge.dst_group[j]])
