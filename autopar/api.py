@@ -40,9 +40,11 @@ def _stage(say, name: str):
 def _plan_stages(gm, cluster_info, memory_budget, time_limit, checkpoint):
     """Stage 1 (sharding) and, when asked or needed, stage 2 (checkpointing): (ShardingPlan, CheckpointPlan|None).
 
-    checkpoint=None: only when no sharding plan fits the budget by itself. "none": never.
-    "auto": also when the fastest sharding plan plus recomputation beats the one that fits.
-    A list of module names: exactly those modules, each one region.
+    checkpoint=None: only when no sharding plan fits the budget by itself: stage 1 finds none, or
+    stage 2's per-device account of the one it finds (``chain_of``: what each node saves under the
+    chosen strategies, resharded copies included) holds more activations than the budget leaves.
+    "none": never. "auto": also when the fastest sharding plan plus recomputation beats the one that
+    fits. A list of module names: exactly those modules, each one region.
     """
     from autopar.errors import InfeasibleBudgetError
     from autopar.solver.checkpoint import checkpoint_modules, plan_checkpoints
@@ -60,27 +62,44 @@ def _plan_stages(gm, cluster_info, memory_budget, time_limit, checkpoint):
         if checkpoint == "none":
             raise
         first_error = err
-    if checkpoint in (None, "none") and fitted is not None:
-        return fitted, None
     budget = memory_budget if memory_budget is not None else cluster_info.memory_per_device
-    # Stage 2 runs on two stage-1 candidates: the fastest plan, and the plan that needs the least
-    # memory (solved at the smallest budget stage 1 can meet). The fastest that fits wins.
-    budgets = [None] + ([first_error.min_budget] if first_error is not None else [])
-    best, smallest = (fitted, None) if fitted is not None else (None, None), math.inf
-    for stage1_budget in budgets:
-        sharding = _solve(gm, cluster_info, stage1_budget, time_limit)  # writes meta["strategy"] for stage 2
-        state = sum(row.memory for row in sharding.rows if row.op in ("param", "buffer"))
+    if fitted is not None and (checkpoint == "none" or checkpoint is None and _activations_fit(gm, fitted, budget)):
+        return fitted, None
+    # Stage 2 runs on two stage-1 candidates: the plan stage 1 fitted to the budget (or, when none fits,
+    # the one needing least memory: solved at the smallest budget stage 1 meets), and the fastest plan.
+    # The fastest that fits wins. Each solve writes meta["strategy"], which stage 2 reads.
+    def candidates():
+        yield fitted if fitted is not None else _solve(gm, cluster_info, first_error.min_budget, time_limit)
+        yield _solve(gm, cluster_info, None, time_limit)
+
+    best, smallest = (None, None), math.inf
+    for sharding in candidates():
+        state = _state(sharding)
         try:
             stage2 = plan_checkpoints(gm, mesh, budget - state)
         except InfeasibleBudgetError as err:
             smallest = min(smallest, state + err.min_budget)
             continue
-        if best[0] is None or sharding.step_time + stage2.extra_time < _time(*best):
+        stage2 = stage2 if stage2.regions else None
+        if best[0] is None or _time(sharding, stage2) < _time(*best):
             best = (sharding, stage2)
     if best[0] is None:
-        smallest = min(smallest, first_error.min_budget)
         raise InfeasibleBudgetError(budget, smallest, detail="(with activation checkpointing)")
     return best
+
+
+def _state(sharding) -> float:
+    """Bytes per device of parameters, gradients and optimizer state: what activations cannot use."""
+    return sum(row.memory for row in sharding.rows if row.op in ("param", "buffer"))
+
+
+def _activations_fit(gm, sharding, budget: float) -> bool:
+    """Whether ``sharding``'s activations (stage 2's chain, no recomputation) fit what the budget leaves."""
+    from autopar.solver.checkpoint import chain_of
+    from autopar.solver.checkpoint_dp import no_checkpoint
+
+    _stages, chain = chain_of(gm, sharding.mesh_shape)
+    return _state(sharding) + no_checkpoint(chain).peak <= budget
 
 
 def _time(sharding, stage2) -> float:
