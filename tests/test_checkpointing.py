@@ -4,7 +4,8 @@ The budget is 5 % above the smallest one stage 2 (checkpointing) can meet, where
 plan fits alone: either stage 1 finds none, or stage 2's per-device account of the one it finds
 holds more activations than the budget leaves, so recomputation is required. On every rank the
 bytes held for backward (``SavedTensorsProbe``: what autograd saved plus the checkpoint regions'
-inputs) fit the activation share of the budget (``CheckpointPlan.budget``).
+inputs) fit the activation share of the budget (``CheckpointPlan.budget``) and are within 10 % of
+what stage 2 predicts (``CheckpointPlan.kept``).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def check_checkpointed(rank: int, world_size: int, budgets: dict[str, float]) ->
         held = probe.nbytes()
         del loss  # no backward: the graph and what it saved go
         assert held <= stage2.budget, f"{name} rank {rank}: {held} bytes held for backward > {stage2.budget:.0f}"
+        assert abs(held - stage2.kept) <= 0.1 * held, f"{name} rank {rank}: {held} held, {stage2.kept:.0f} predicted"
         train_and_compare(ref, pm, inputs, f"{name} checkpointed on 2x2")
         results.append({"model": name, "regions": len(stage2.regions), "report": stage2.report(),
                         "held": held, "kept": stage2.kept, "budget": stage2.budget})

@@ -4,8 +4,10 @@ The tracer's saved set (``meta["storage"]``, ``autopar.tracer.saved``) names the
 node saves, on global tensors. On one device of a sharding plan a saved storage is
 
 - an input the plan reshards for this node (its input spec differs from its producer's output
-  spec): codegen's copy, one per (producer, spec), of ``local_bytes(input, wanted spec)``; for a
-  parameter too: the parameter is held anyway, its gathered copy is not;
+  spec), or for a view between it and the storage's root: codegen's copy, one per (producer,
+  spec), of ``local_bytes(producer, wanted spec)``; for a parameter too: the parameter is held
+  anyway, its gathered copy is not. A resharding that only splits the leading dim further
+  slices the local shard: a view, so the storage is still the producer's;
 - otherwise the storage itself, ``local_bytes(root, the root's output spec)``; never a parameter
   or buffer;
 
@@ -50,14 +52,36 @@ def saved_storages(gm: fx.GraphModule, mesh_shape) -> dict[fx.Node, dict[Key, fl
             if not roots:
                 continue
             left -= roots
-            produced = arg.meta["strategy"].output if arg.meta.get("strategy") is not None else None
-            if wanted is not None and produced is not None and wanted != produced:
-                keys[("copy", arg.name, wanted)] = local_bytes(arg.meta["tensor"], wanted, mesh_shape)
+            copy = _resharded_copy(arg, wanted, mesh_shape)
+            if copy is not None:
+                keys[copy[0]] = copy[1]
             else:
                 keys.update(_root_keys(by_name, roots, mesh_shape))
         keys.update(_root_keys(by_name, left, mesh_shape))
         out[node] = keys
     return out
+
+
+def _resharded_copy(arg: fx.Node, wanted, mesh_shape) -> tuple[Key, float] | None:
+    """The copy a consumer wanting ``arg`` as ``wanted`` reads: codegen's resharding nearest to the
+    consumer on the way from ``arg`` back through its views to the storage's root (key, local bytes),
+    or None when nothing on the way is resharded (the consumer reads the root's own storage)."""
+    node, spec = arg, wanted
+    while True:
+        produced = node.meta["strategy"].output if node.meta.get("strategy") is not None else None
+        if spec is not None and produced is not None and spec != produced \
+                and not _split_is_view(produced, spec, node.meta["tensor"], mesh_shape):
+            return ("copy", node.name, spec), local_bytes(node.meta["tensor"], spec, mesh_shape)
+        storage = node.meta.get("storage")
+        root = storage.roots[0] if storage is not None and storage.roots else None
+        if root is None or root[0] == node.name or node.meta.get("strategy") is None:
+            return None
+        # a view: its storage is its base's, laid out as the view's own strategy wanted that input
+        k, parent = next(((k, a) for k, a in enumerate(node.all_input_nodes)
+                          if "storage" in a.meta and root in a.meta["storage"].roots), (None, None))
+        if parent is None:
+            return None
+        node, spec = parent, node.meta["strategy"].inputs[k]
 
 
 def root_key(root) -> Key:
@@ -79,3 +103,15 @@ def root_bytes(node: fx.Node, i, mesh_shape) -> float:
     tm = tm[i] if i is not None and is_multi(tm) else tm
     strategy = node.meta.get("strategy")
     return local_bytes(tm, strategy.output, mesh_shape) if strategy is not None else float(tm.nbytes)
+
+
+def _split_is_view(produced, wanted, tm, mesh_shape) -> bool:
+    """Whether ``wanted`` only splits further what ``produced`` holds (S0R -> S01R, R -> S1) along dims
+    before which the local shard has only dims of size 1: codegen's chunk is then a contiguous slice
+    of the local shard, a view of its storage, not a copy (``collectives.chunk``)."""
+    if (is_multi(tm) or produced.ndim != wanted.ndim or produced.partial or wanted.partial
+            or not produced.fits(tm.shape, mesh_shape)):
+        return False
+    local = produced.local_shape(tm.shape, mesh_shape)
+    return all(w[:len(p)] == p and (w == p or all(n == 1 for n in local[:d]))
+               for d, (p, w) in enumerate(zip(produced.dims, wanted.dims)))
