@@ -16,6 +16,8 @@
   in the model, first name first (``("transformer.wte.weight", "lm_head.weight")`` when tied).
 - ``"param_piece"``: for a piece of a fused projection's weight (``fused.py``), ``(original
   name, dim, start, stop)``; its ``"param"`` is ``"<original name>_piece<i>"``.
+- ``"storage"``: a ``saved.Storage``: the storage roots of the node's outputs and the roots it saves
+  for backward, each storage counted once over the graph (``autopar/tracer/saved.py``).
 - ``"stack_trace"``: fx's own record of the Python stack that made the node (``"source"`` is
   read from it).
 
