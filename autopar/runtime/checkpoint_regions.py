@@ -22,9 +22,9 @@ import torch
 import torch.fx as fx
 import torch.utils.checkpoint
 
+from autopar.tracer.ops import Prop, has
+
 REGION_CLASS = "CheckpointRegion"  # class name of the region submodules
-_RANDOM_OPS = frozenset({"rand", "randn", "randint", "rand_like", "randn_like", "bernoulli", "multinomial",
-                         "normal", "dropout"})
 
 
 def wrap_regions(gm: fx.GraphModule, regions) -> list[str]:
@@ -91,7 +91,7 @@ def _draws_random(nodes: list[fx.Node]) -> bool:
         if op == "dropout":  # canonical (x, p, training); anything else: assume it draws
             if len(node.args) < 3 or (node.args[1] and node.args[2]):
                 return True
-        elif op in _RANDOM_OPS or (op == "sdpa" and node.kwargs.get("dropout_p")):
+        elif has(op, Prop.RANDOM) or (op == "sdpa" and node.kwargs.get("dropout_p")):
             return True
     return False
 

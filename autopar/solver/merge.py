@@ -36,9 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from autopar.solver.build import StrategyGraph
-from autopar.tracer.ops import POINTWISE
+from autopar.tracer.ops import Prop, has
 
-TRIVIAL = frozenset({"view", "permute", "getitem", "contiguous", "dropout", "to", "float", "half", "bfloat16"})
 _LAYER = re.compile(r"^(.*?)\.(\d+)\.")
 
 
@@ -87,7 +86,7 @@ def _trivial(v) -> bool:
     op = v.meta.get("op")
     if len(v.all_input_nodes) != 1 or v.op != "call_function":
         return False
-    return op in TRIVIAL or op in POINTWISE
+    return has(op, Prop.TRIVIAL | Prop.POINTWISE)
 
 
 def _follow(producer, producer_pick, consumer) -> np.ndarray | None:

@@ -19,13 +19,7 @@ import operator
 import torch
 import torch.fx as fx
 
-# Ops whose result may share memory with an input (so mutating it mutates something else).
-_ALIASING = frozenset({
-    "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "permute",
-    "transpose", "t", "expand", "expand_as", "split", "chunk", "unbind", "getitem", "contiguous", "to", "float",
-    "half", "bfloat16", "type_as", "long", "int", "bool", "double", "detach", "narrow", "select", "as_strided",
-    "diagonal", "movedim", "swapaxes", "swapdims", "T", "mT", "getattr", "type", "cuda", "cpu",
-})
+from autopar.tracer.ops import ALIASING_SPELLINGS
 
 
 def setitem_copy(x: torch.Tensor, index, value) -> torch.Tensor:
@@ -45,7 +39,7 @@ def _name(node: fx.Node) -> str:
 def _is_fresh(x) -> bool:
     """A tensor no other tensor aliases: made by a call whose result never shares an input's memory."""
     return (isinstance(x, fx.Node) and x.op in ("call_function", "call_method")
-            and isinstance(x.meta.get("val"), torch.Tensor) and _name(x) not in _ALIASING)
+            and isinstance(x.meta.get("val"), torch.Tensor) and _name(x) not in ALIASING_SPELLINGS)
 
 
 def _twin(node: fx.Node):
@@ -57,7 +51,7 @@ def _twin(node: fx.Node):
 
 def _no_earlier_alias(x: fx.Node, node: fx.Node, order: dict) -> bool:
     """No view of ``x`` was taken before ``node`` (it would see the mutation, its copy would not)."""
-    return all(_name(u) not in _ALIASING for u in x.users if order.get(u, -1) < order[node])
+    return all(_name(u) not in ALIASING_SPELLINGS for u in x.users if order.get(u, -1) < order[node])
 
 
 def functionalize(graph: fx.Graph) -> None:

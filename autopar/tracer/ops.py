@@ -75,21 +75,93 @@ output structure (e.g. a Hugging Face ``ModelOutput``) with ``pytree.tree_unflat
 """
 from __future__ import annotations
 
-# Elementwise ops whose output is linear in each tensor input jointly: sums of partials stay partial.
-POINTWISE_LINEAR = frozenset({"add", "sub", "neg", "iadd", "isub"})
-# Elementwise ops linear in each input separately: a partial times a replicated tensor is partial.
-POINTWISE_MULTILINEAR = frozenset({"mul", "imul"})
-# Every elementwise op (with broadcasting) that strategies treat as pointwise.
-POINTWISE = POINTWISE_LINEAR | POINTWISE_MULTILINEAR | frozenset({
-    "div", "truediv", "floordiv", "pow", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "gelu",
-    "silu", "erf", "abs", "sin", "cos", "neg", "reciprocal", "clamp", "minimum", "maximum", "where",
-    "masked_fill", "eq", "ne", "lt", "le", "gt", "ge", "logical_not", "logical_and", "logical_or",
-    "to", "type_as", "float", "half", "bfloat16", "softplus", "leaky_relu", "hardtanh", "mish",
-    "contiguous", "dropout", "bitwise_not", "and_", "or_", "invert",
-    "hardswish", "hardsigmoid", "relu6", "elu", "selu", "celu",  # vision activations
-    "long", "int", "bool", "double",  # casts to other kinds: elementwise, not partial-preserving
+import enum
+
+
+class Prop(enum.Flag):
+    """What an op is, for every stage that asks (one table: ``OPS``; add an op here, once)."""
+
+    NONE = 0
+    POINTWISE = enum.auto()  # elementwise with broadcasting (strategies: pointwise rules; profile: 1 FLOP/element)
+    LINEAR = enum.auto()  # linear in its tensor inputs jointly: a sum of partials stays partial (add, sub)
+    MULTILINEAR = enum.auto()  # linear in each input separately: partial x replicated stays partial (mul)
+    CAST = enum.auto()  # keeps every value (to a float dtype, contiguous): a partial sum stays partial
+    VIEW = enum.auto()  # returns a view of its input: moves no bytes, holds no new storage
+    ALIAS = enum.auto()  # may return its input itself or a view of it (a cast to the same dtype, dropout p=0)
+    SHAPE = enum.auto()  # only rearranges elements: no FLOPs; codegen rewrites its shape arguments to local
+    META = enum.auto()  # reads a tensor's metadata (x.device, an attribute), no elements
+    TRIVIAL = enum.auto()  # follows its producer's spec in the ILP when it has one input (solver/merge.py)
+    SAVES_NOTHING = enum.auto()  # keeps nothing for backward (profile)
+    RANDOM = enum.auto()  # draws random numbers (a recomputed region replays the RNG state)
+    CREATION = enum.auto()  # makes a new tensor from shapes or values (planned replicated)
+    INPLACE = enum.auto()  # mutates its first argument (never removed as dead code)
+
+
+P = Prop
+_CASTS_TO_OTHER_KINDS = P.POINTWISE | P.ALIAS  # long/int/bool/double: elementwise, not partial-preserving
+
+OPS: dict[str, Prop] = {
+    # linear pointwise: partial sums stay partial; nothing saved
+    **dict.fromkeys(("add", "sub", "neg", "iadd", "isub"), P.POINTWISE | P.LINEAR | P.SAVES_NOTHING),
+    **dict.fromkeys(("mul", "imul"), P.POINTWISE | P.MULTILINEAR),
+    # other pointwise math
+    **dict.fromkeys((
+        "div", "truediv", "floordiv", "pow", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "gelu",
+        "silu", "erf", "abs", "sin", "cos", "reciprocal", "clamp", "minimum", "maximum", "where", "masked_fill",
+        "eq", "ne", "lt", "le", "gt", "ge", "logical_not", "logical_and", "logical_or", "softplus", "leaky_relu",
+        "hardtanh", "mish", "bitwise_not", "and_", "or_", "invert",
+        "hardswish", "hardsigmoid", "relu6", "elu", "selu", "celu",  # vision activations
+    ), P.POINTWISE),
+    # value-preserving casts: partial-preserving pointwise, may alias, follow their producer
+    **dict.fromkeys(("to", "float", "half", "bfloat16"), P.POINTWISE | P.CAST | P.ALIAS | P.TRIVIAL | P.SAVES_NOTHING),
+    "type_as": P.POINTWISE | P.CAST | P.ALIAS | P.SAVES_NOTHING,
+    "contiguous": P.POINTWISE | P.CAST | P.ALIAS | P.TRIVIAL | P.SHAPE | P.SAVES_NOTHING,
+    **dict.fromkeys(("long", "int", "bool"), _CASTS_TO_OTHER_KINDS),
+    "double": _CASTS_TO_OTHER_KINDS,
+    "dropout": P.POINTWISE | P.ALIAS | P.TRIVIAL | P.RANDOM,
+    # views and other rearrangements
+    **dict.fromkeys(("view", "permute"), P.VIEW | P.ALIAS | P.SHAPE | P.TRIVIAL | P.SAVES_NOTHING),
+    "getitem": P.VIEW | P.ALIAS | P.SHAPE | P.TRIVIAL | P.SAVES_NOTHING,
+    **dict.fromkeys(("expand", "slice", "split"), P.VIEW | P.ALIAS | P.SHAPE | P.SAVES_NOTHING),
+    **dict.fromkeys(("cat", "stack"), P.SHAPE | P.SAVES_NOTHING),
+    **dict.fromkeys(("device", "getattr"), P.META | P.ALIAS | P.SAVES_NOTHING),
+    # reductions that save nothing (their backward only broadcasts)
+    **dict.fromkeys(("sum", "mean"), P.SAVES_NOTHING),
+    # creation
+    **dict.fromkeys(("arange", "full", "zeros", "ones", "empty", "zeros_like", "ones_like", "full_like",
+                     "empty_like", "tensor"), P.CREATION),
+    **dict.fromkeys(("rand", "randn"), P.CREATION | P.RANDOM),
+    **dict.fromkeys(("randint", "rand_like", "randn_like", "bernoulli", "multinomial", "normal"), P.RANDOM),
+}
+
+# Spellings as the model wrote them, before normalisation, whose result may share an input's memory
+# (``tracer/inplace.py`` asks this of raw ``call_method``/``call_function`` names).
+ALIASING_SPELLINGS = frozenset({
+    "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "permute",
+    "transpose", "t", "expand", "expand_as", "split", "chunk", "unbind", "getitem", "contiguous", "to", "float",
+    "half", "bfloat16", "type_as", "long", "int", "bool", "double", "detach", "narrow", "select", "as_strided",
+    "diagonal", "movedim", "swapaxes", "swapdims", "T", "mT", "getattr", "type", "cuda", "cpu",
 })
-# Ops that only rearrange elements; codegen rewrites their shape arguments to local shapes.
-SHAPE_OPS = frozenset({"view", "permute", "expand", "split", "getitem", "slice", "cat", "stack", "contiguous"})
-CREATION_OPS = frozenset({"arange", "full", "zeros", "ones", "empty", "zeros_like", "ones_like", "full_like",
-                          "empty_like", "tensor", "rand", "randn"})
+
+
+def props(op: str | None) -> Prop:
+    """The properties of canonical op ``op`` (``Prop.NONE`` for ops not in the table)."""
+    return OPS.get(op, P.NONE) if op is not None else P.NONE
+
+
+def has(op: str | None, prop: Prop) -> bool:
+    """Whether ``op`` has any of the properties in ``prop``."""
+    return bool(props(op) & prop)
+
+
+def ops_with(prop: Prop) -> frozenset[str]:
+    """Every op of the table that has any of ``prop``."""
+    return frozenset(k for k, v in OPS.items() if v & prop)
+
+
+# Named views of the table, for the readers that want a set.
+POINTWISE = ops_with(P.POINTWISE)
+POINTWISE_LINEAR = ops_with(P.LINEAR)
+POINTWISE_MULTILINEAR = ops_with(P.MULTILINEAR)
+SHAPE_OPS = ops_with(P.SHAPE)
+CREATION_OPS = ops_with(P.CREATION)

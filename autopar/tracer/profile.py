@@ -26,15 +26,12 @@ import torch
 import torch.fx as fx
 
 from autopar.tracer.meta import NodeProfile, TensorMeta
-from autopar.tracer.ops import POINTWISE, POINTWISE_LINEAR, SHAPE_OPS
+from autopar.tracer.ops import POINTWISE, POINTWISE_LINEAR, Prop, has
 from autopar.tracer.profile_vision import VISION_PROFILED, vision_profile
 from autopar.tracer.saved import saved_bytes
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)\n\s*(?P<code>[^\n]*)')
 _SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.abspath(__file__)))
-# Ops that save nothing for backward: shape ops, linear pointwise ops, reductions to a sum/mean, casts.
-_SAVES_NOTHING = SHAPE_OPS | POINTWISE_LINEAR | {"sum", "mean", "to", "float", "half", "bfloat16", "type_as",
-                                                 "device", "getattr"}
 # Pointwise ops that save their output instead of an input, or save nothing beyond a mask.
 _NORM_FLOPS = {"layer_norm": 5, "rms_norm": 4, "softmax": 5, "log_softmax": 5, "cross_entropy": 6}
 
@@ -146,13 +143,13 @@ def node_profile(node: fx.Node) -> NodeProfile:
         saved = numel if active else 0  # a bool mask
     elif key in VISION_PROFILED:
         fwd, bwd, saved = vision_profile(node, key)
-    elif key in SHAPE_OPS or key in ("device", "getattr"):
+    elif has(key, Prop.SHAPE | Prop.META):
         fwd = bwd = 0.0
         saved = 0
     elif key in POINTWISE:
         fwd = float(numel)
         bwd = float(numel) * (1 if key in POINTWISE_LINEAR else 2)
-        saved = 0 if key in _SAVES_NOTHING else _saved_inputs(node, key, out_bytes)
+        saved = 0 if has(key, Prop.SAVES_NOTHING) else _saved_inputs(node, key, out_bytes)
     else:  # unknown op: one FLOP per output element; conservatively saves its non-parameter inputs
         fwd, bwd = float(numel), float(numel)
         saved = sum(_nbytes(t) for a in _arg_nodes(node) if not _is_held(a) for t in _tensors(a))

@@ -38,11 +38,9 @@ import torch
 import torch.fx as fx
 
 from autopar.tracer.meta import dtype_bytes
+from autopar.tracer.ops import Prop, has
 
 _NOT_OPS = ("placeholder", "get_attr", "output")
-# Ops that may return their input or a view of it: replayed even when nothing needs a gradient.
-_MAY_ALIAS = frozenset({"view", "permute", "expand", "slice", "split", "getitem", "contiguous", "to", "float",
-                        "half", "bfloat16", "double", "type_as", "dropout", "getattr", "device"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +218,7 @@ def _has_tensor(val) -> bool:
 def _needs_replay(node: fx.Node, val) -> bool:
     vals = val if isinstance(val, (tuple, list)) else (val,)
     grad = any(isinstance(v, torch.Tensor) and v.requires_grad for v in vals)
-    return grad or node.meta.get("op") in _MAY_ALIAS
+    return grad or has(node.meta.get("op"), Prop.VIEW | Prop.ALIAS | Prop.META)
 
 
 def _like(t: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,9 @@ import numbers
 import torch.fx as fx
 
 from autopar.solver.strategies.base import AxisOption, P, R, register, shape, split_options, tensor_args
-from autopar.tracer.ops import POINTWISE, POINTWISE_LINEAR, POINTWISE_MULTILINEAR
+from autopar.tracer.ops import POINTWISE, POINTWISE_LINEAR, POINTWISE_MULTILINEAR, Prop, ops_with
 
-CASTS = frozenset({"to", "float", "half", "bfloat16", "contiguous", "type_as"})
+CASTS = ops_with(Prop.CAST)
 NUMERATOR_LINEAR = frozenset({"div", "truediv"})
 NONLINEAR = POINTWISE - POINTWISE_LINEAR - POINTWISE_MULTILINEAR - CASTS - NUMERATOR_LINEAR
 
