@@ -1,6 +1,8 @@
 """autopar: automatic parallelization of PyTorch models, built on torch.fx."""
-from autopar.api import autoparallelize, plan
+from autopar.api import autoparallelize, load_plan, plan
 from autopar.cluster import ClusterInfo
+from autopar.options import PlanOptions
+from autopar.solver.full_plan import Plan
 from autopar.spec import ShardingSpec
 
-__all__ = ["ClusterInfo", "ShardingSpec", "autoparallelize", "plan"]
+__all__ = ["ClusterInfo", "Plan", "PlanOptions", "ShardingSpec", "autoparallelize", "load_plan", "plan"]

@@ -34,10 +34,11 @@ class InfeasibleBudgetError(AutoparError):
         from autopar.report.text import human_bytes
 
         self.budget, self.min_budget, self.detail = budget, min_budget, detail
+        todo = "Raise memory_budget or use more devices" if "with activation checkpointing" in detail else \
+            "Raise memory_budget, use more devices, or allow activation checkpointing (checkpoint=None or 'auto')"
         super().__init__(
             f"no plan fits a memory budget of {human_bytes(budget)} per device; the smallest budget that fits is "
-            f"{human_bytes(min_budget)} ({min_budget:.0f} bytes). Raise memory_budget, use more devices, "
-            f"or enable activation checkpointing.{(' ' + detail) if detail else ''}"
+            f"{human_bytes(min_budget)} ({min_budget:.0f} bytes){(' ' + detail) if detail else ''}. {todo}."
         )
 
     def __reduce__(self):

@@ -124,9 +124,6 @@ class ShardingSpec:
         starts = [self.shard_index(d, mesh_shape, coord) * local[d] for d in range(self.ndim)]
         return tuple(slice(start, start + size) for start, size in zip(starts, local))
 
-    def with_dims(self, dims: Sequence[Sequence[int]]) -> ShardingSpec:
-        return ShardingSpec(tuple(tuple(d) for d in dims), self.partial)
-
     # ---- DTensor interop ----------------------------------------------------------------
     def to_placements(self, mesh_ndim: int) -> tuple:
         """One DTensor placement per mesh axis: ``Shard(d)``, ``Partial()`` or ``Replicate()``."""

@@ -3,13 +3,14 @@
     python bench/checkpoint.py [--out bench/out/checkpoint.json] [--only gpt2,llama] [--points 6] [--repeats 5]
 
 For each model (GPT-2 and Llama configs built from transformers, on CPU, one process), the traced
-graph is planned on one CPU device (``cpu:1``: stage 1, then ``checkpoint.chain_of``), and these
+graph is planned on one CPU device (``cpu:1``: stage 1, then stage 2's chain), and these
 schedules are priced and run: no checkpointing, Chen's sqrt(n) schedule, and the DP at a sweep of
-activation budgets from the no-checkpoint peak down to the smallest peak any schedule reaches.
+device budgets from the no-checkpoint peak down to the smallest peak any schedule reaches.
 
-Columns (MiB, ms): ``budget`` the activation bytes given to the DP; ``peak`` the schedule's
-predicted activation peak; ``kept`` the predicted bytes held for backward when forward ends
-(``CheckpointPlan.kept``); ``measured`` the same, counted by ``autopar.runtime.saved_probe``
+Columns (MiB, ms): ``budget`` the bytes per device given to the DP; ``peak`` the schedule's
+predicted peak per device (chain account: parameters, optimizer state, gradients so far,
+activations and temporaries); ``kept`` the predicted bytes held for backward when forward ends
+(the plan's ``Timeline``); ``measured`` the same, counted by ``autopar.runtime.saved_probe``
 (distinct storages autograd saved plus checkpoint-region inputs, parameters left out); ``err``
 (kept - measured) / measured; ``extra`` the predicted recompute time (cost model, ``cpu`` preset)
 and ``meas+`` the measured forward + backward time with the regions minus without: CPU seconds of
@@ -20,6 +21,7 @@ Chen's. Prints the table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -77,18 +79,19 @@ def extra_time(gm, base, inputs, repeats: int) -> tuple[float, float]:
 
 def run_model(name: str, points: int, repeats: int) -> list[dict]:
     from autopar import ClusterInfo
+    from autopar.options import PlanOptions
     from autopar.runtime.checkpoint_regions import wrap_traced
-    from autopar.solver.build import build_strategies
-    from autopar.solver.checkpoint import as_plan, chain_of
+    from autopar.solver.checkpoint import as_plan
     from autopar.solver.checkpoint_dp import chen_schedule, min_peak, no_checkpoint, plan_chain
-    from autopar.solver.ilp import solve
+    from autopar.solver.planner import INF, Planner
     from autopar.tracer import trace
 
     model, inputs = build(name)
     gm = trace(model, inputs)
     cluster = ClusterInfo.preset("cpu:1")
-    solve(build_strategies(gm, cluster), cluster)  # writes meta["strategy"]: stage 2 prices them
-    stages, chain = chain_of(gm, cluster.mesh_shape)
+    planner = Planner(gm, cluster, PlanOptions())
+    sharding = planner.solve(INF)  # stage 2 prices the chain under this plan's strategies
+    stages, chain = planner.chain(sharding)
     none, chen = no_checkpoint(chain), chen_schedule(chain)
     hi, lo = none.peak, min_peak(chain)
     schedules = [("none", hi, none), ("chen", chen.peak, chen)]
@@ -100,6 +103,7 @@ def run_model(name: str, points: int, repeats: int) -> list[dict]:
     rows = []
     for kind, budget, schedule in schedules:
         plan = as_plan(stages, chain, schedule, budget)
+        plan = dataclasses.replace(plan, kept=planner.timeline(sharding, plan.regions).kept())
         ckpt = wrap_traced(gm, plan.regions)
         kept = kept_bytes(ckpt, inputs)
         measured_extra, seconds = extra_time(ckpt, base, inputs, repeats)

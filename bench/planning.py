@@ -5,7 +5,8 @@
 Every model is built from its config on ``meta`` (no weights, no downloads) through ``autopar.zoo``.
 The model's construction is not counted: ``trace`` is tracing and profiling the graph, ``strategies``
 is ``build_strategies`` (candidates + resharding matrices), ``solve`` is the ILP (reductions, memory
-rows, HiGHS), all on one process. Prints a table and writes JSON.
+rows, HiGHS), ``memory`` is the plan's per-device Timeline (what ``autopar.plan`` adds to check the
+budget with every saved copy counted), all on one process. Prints a table and writes JSON.
 """
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ CASES = [  # (name, zoo model, size, cluster preset)
 
 def run_case(name: str, model: str, size: str, preset: str, time_limit: float) -> dict:
     from autopar import ClusterInfo, zoo
+    from autopar.options import PlanOptions
     from autopar.solver.build import build_strategies
     from autopar.solver.ilp import solve
+    from autopar.solver.planner import Planner
     from autopar.tracer import trace
 
     cluster = ClusterInfo.preset(preset)
@@ -46,12 +49,16 @@ def run_case(name: str, model: str, size: str, preset: str, time_limit: float) -
         t0 = time.perf_counter()
         plan = solve(sg, cluster, time_limit=time_limit)
         row["solve_s"], row["stage"] = time.perf_counter() - t0, "solved"
+        t0 = time.perf_counter()
+        timeline = Planner(gm, cluster, PlanOptions(), strategy_graph=sg).timeline(plan)
+        row["memory_s"], row["stage"] = time.perf_counter() - t0, "memory"
+        row["timeline_peak_gib"] = timeline.peak / 2**30
         row.update(status=plan.status, step_time_s=plan.step_time, peak_gib=plan.peak_memory / 2**30,
-                   **{k: plan.stats[k]
+                   **{k: getattr(plan.stats, k)
                       for k in ("variables", "constraints", "owners", "merged", "tied", "memory_rows")})
     except Exception as exc:  # report how far it got
         row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-    row["total_s"] = sum(row.get(k, 0.0) for k in ("trace_s", "strategies_s", "solve_s"))
+    row["total_s"] = sum(row.get(k, 0.0) for k in ("trace_s", "strategies_s", "solve_s", "memory_s"))
     return row
 
 
@@ -60,7 +67,7 @@ def _fmt(row: dict) -> str:
         return f"{row[k]:.1f}" if k in row else "-"
     return (f"{row['case']:<10} {row['mesh']:<11} {row['params'] / 1e9:>6.2f}B "
             f"{t('trace_s'):>6} {t('strategies_s'):>6} "
-            f"{t('solve_s'):>6} {t('total_s'):>6} {row.get('nodes', '-'):>6} {row.get('owners', '-'):>6} "
+            f"{t('solve_s'):>6} {t('memory_s'):>6} {t('total_s'):>6} {row.get('nodes', '-'):>6} {row.get('owners', '-'):>6} "
             f"{row.get('variables', '-'):>8} {row.get('constraints', '-'):>7} {row.get('memory_rows', '-'):>5} "
             f"{row.get('status', row.get('error', row['stage']))}")
 
@@ -73,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     cases = [c for c in CASES if not args.only or c[0] in args.only.split(",")]
-    print(f"{'case':<10} {'mesh':<11} {'params':>7} {'trace':>6} {'strat':>6} {'solve':>6} {'total':>6} "
+    print(f"{'case':<10} {'mesh':<11} {'params':>7} {'trace':>6} {'strat':>6} {'solve':>6} {'memory':>6} {'total':>6} "
           f"{'nodes':>6} {'owners':>6} {'ILP vars':>8} {'rows':>7} {'mem':>5} status   (seconds)")
     rows = []
     for case in cases:

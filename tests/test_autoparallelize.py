@@ -84,6 +84,7 @@ def check_cases(rank: int, world_size: int, cases) -> list[dict]:
         sharded = sorted(n for n in state if not pm.param_spec(n).is_replicated())
         heads = [r.name for r in pm.plan.rows if r.op == "sdpa" and r.strategy.inputs[0].dims[1]]
         report.append({"case": where, "sharded_params": sharded, "code": pm.code if rank == 0 else "",
+                       "fallbacks": [f"%{f.name} ({f.op})" for f in pm.plan.fallbacks],
                        "peak": pm.plan.peak_memory, "budget": budget, "heads_split": heads})
     return report
 

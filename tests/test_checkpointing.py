@@ -1,36 +1,73 @@
 """Tier 2: a budget that needs activation checkpointing trains with the single-device numbers.
 
-The budget is 5 % above the smallest one stage 2 (checkpointing) can meet, where no sharding
-plan fits alone: either stage 1 finds none, or stage 2's per-device account of the one it finds
-holds more activations than the budget leaves, so recomputation is required. On every rank the
-bytes held for backward (``SavedTensorsProbe``: what autograd saved plus the checkpoint regions'
-inputs) fit the activation share of the budget (``CheckpointPlan.budget``) and are within 10 % of
-what stage 2 predicts (``CheckpointPlan.kept``).
+The budget is 5 % above the smallest one that fits with checkpointing (what the error at a budget
+of one byte states), where no sharding plan fits alone, so recomputation is required. On every
+rank the bytes held for backward (``SavedTensorsProbe``: what autograd saved plus the checkpoint
+regions' inputs), with everything else the Timeline holds at the end of forward, fit the budget,
+and are within 10 % of what the plan predicts (``CheckpointPlan.kept``). The plan
+``autoparallelize`` runs is the one ``autopar.plan`` returns for the same options; saved, loaded
+and applied with ``plan=`` it runs the same code with the same numbers, and a plan for other
+inputs, another cluster or other options is refused, naming the difference.
 """
 from __future__ import annotations
 
 import copy
 
 import pytest
+import torch
 
 from tests.distributed import run_distributed
 from tests.test_autoparallelize import train_and_compare
 
 
 def _budget_needing_checkpoints(name: str, cluster) -> float:
+    import autopar
     from autopar import zoo
-    from autopar.api import _plan_stages
     from autopar.errors import InfeasibleBudgetError
-    from autopar.tracer import trace
 
-    gm = trace(*zoo.build(name, "tiny", device="meta"))
+    model, inputs = zoo.build(name, "tiny", device="meta")
     with pytest.raises(InfeasibleBudgetError) as info:
-        _plan_stages(gm, cluster, 1.0, 60, None)
-    # 5 % above: at a larger budget stage 1 may fit another plan, which stage 2 then starts from
+        autopar.plan(model, cluster, inputs, memory_budget=1.0)
+    # 5 % above the smallest budget that fits with checkpointing
     return 1.05 * info.value.min_budget
 
 
-def check_checkpointed(rank: int, world_size: int, budgets: dict[str, float]) -> list[dict]:
+def _plan_key(plan) -> tuple:
+    return (tuple((r.name, str(r.strategy)) for r in plan.rows), plan.regions, plan.peak_memory, plan.step_time)
+
+
+def _loss_and_grads(pm, inputs):
+    loss = pm(**inputs).loss
+    loss.backward()
+    grads = pm.full_grads()
+    pm.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def _saved_plan_runs_the_same(name, pm, model, inputs, cluster, tmp: str) -> None:
+    """Save -> load -> autoparallelize(plan=...): the same loss and gradients; a mismatched plan is refused."""
+    import autopar
+    from autopar.solver.full_plan import PlanMismatchError
+
+    pm.plan.save(tmp)
+    loaded = autopar.load_plan(tmp)
+    assert _plan_key(loaded) == _plan_key(pm.plan)
+    again = autopar.autoparallelize(model, cluster, inputs, plan=loaded)
+    assert again.code == pm.code
+    (loss, grads), (loss2, grads2) = _loss_and_grads(pm, inputs), _loss_and_grads(again, inputs)
+    assert torch.equal(loss, loss2), f"{name}: {loss} vs {loss2} from the loaded plan"
+    for key, grad in grads.items():
+        assert torch.equal(grad, grads2[key]), f"{name}: gradient of {key} differs with the loaded plan"
+    wider = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    with pytest.raises(PlanMismatchError, match="input 'input_ids' has shape"):
+        autopar.autoparallelize(model, cluster, wider, plan=loaded)
+    with pytest.raises(PlanMismatchError, match="mesh_shape"):
+        autopar.autoparallelize(model, autopar.ClusterInfo.preset("cpu:4"), inputs, plan=loaded)
+    with pytest.raises(PlanMismatchError, match="memory_budget"):
+        autopar.autoparallelize(model, cluster, inputs, plan=loaded, memory_budget=2 * loaded.memory_budget)
+
+
+def check_checkpointed(rank: int, world_size: int, budgets: dict[str, float], tmp: str) -> list[dict]:
     import autopar
     from autopar import zoo
     from autopar.runtime.saved_probe import SavedTensorsProbe
@@ -39,8 +76,11 @@ def check_checkpointed(rank: int, world_size: int, budgets: dict[str, float]) ->
     cluster = autopar.ClusterInfo.preset("cpu:2x2")
     for name, budget in budgets.items():
         model, inputs = zoo.build(name, "tiny", device="cpu", seed=0)
-        ref = copy.deepcopy(model)
+        ref, other = copy.deepcopy(model), copy.deepcopy(model)
         pm = autopar.autoparallelize(model, cluster, inputs, memory_budget=budget)
+        # the plan autoparallelize runs is the one autopar.plan shows, with the same options
+        assert _plan_key(pm.plan) == _plan_key(autopar.plan(ref, cluster, inputs, memory_budget=budget))
+        _saved_plan_runs_the_same(name, pm, other, inputs, cluster, f"{tmp}/{name}-{rank}.json")
         stage2 = pm.checkpoint_plan
         assert stage2 is not None and stage2.regions, f"{name}: the budget needs checkpointing"
         assert "torch.utils.checkpoint.checkpoint" in pm.code
@@ -48,19 +88,23 @@ def check_checkpointed(rank: int, world_size: int, budgets: dict[str, float]) ->
             loss = pm(**inputs).loss
         held = probe.nbytes()
         del loss  # no backward: the graph and what it saved go
-        assert held <= stage2.budget, f"{name} rank {rank}: {held} bytes held for backward > {stage2.budget:.0f}"
+        timeline = pm.plan.timeline
+        end = max(i for i, p in enumerate(timeline.phase) if p == "forward")
+        at_end = float(timeline.totals()[end]) - timeline.kept() + held  # the device at the end of forward, measured
+        assert at_end <= pm.plan.memory_budget, f"{name} rank {rank}: {held} bytes held for backward, over budget"
         assert abs(held - stage2.kept) <= 0.1 * held, f"{name} rank {rank}: {held} held, {stage2.kept:.0f} predicted"
+        assert pm.plan.peak_memory <= budget
         train_and_compare(ref, pm, inputs, f"{name} checkpointed on 2x2")
         results.append({"model": name, "regions": len(stage2.regions), "report": stage2.report(),
                         "held": held, "kept": stage2.kept, "budget": stage2.budget})
     return results
 
 
-def test_checkpointed_plans_train_identically_within_budget():
+def test_checkpointed_plans_train_identically_within_budget(tmp_path):
     import autopar
     import autopar.zoo as zoo
 
     cluster = autopar.ClusterInfo.preset("cpu:2x2")
     budgets = {n: _budget_needing_checkpoints(n, cluster) for n in ("gpt2", "llama") if n in zoo.names()}
-    results = run_distributed(check_checkpointed, 4, budgets, timeout=600)
+    results = run_distributed(check_checkpointed, 4, budgets, str(tmp_path), timeout=600)
     assert [r["model"] for r in results[0]] == list(budgets)

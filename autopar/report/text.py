@@ -20,6 +20,10 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def _budget(n: float) -> str:
+    return "no budget" if n == float("inf") else human_bytes(n)
+
+
 def _shape(shape) -> str:
     if shape is None:
         return "-"
@@ -29,20 +33,36 @@ def _shape(shape) -> str:
 
 
 def _memory_lines(plan) -> list[str]:
-    """The peak's breakdown (liveness over forward and backward) and the ILP's size, when recorded."""
-    lines = []
-    mem = getattr(plan, "memory", None) or {}
-    if mem:
-        parts = ", ".join(f"{k} {human_bytes(mem.get(k, 0.0))}"
-                          for k in ("params", "grads", "optimizer", "activations", "temporaries"))
-        lines.append(f"peak at {mem.get('step', '?')}: {parts}")
-    stats = getattr(plan, "stats", None) or {}
-    if stats:
-        lines.append(f"ILP: {stats.get('variables', '?')} variables, {stats.get('constraints', '?')} constraints "
-                     f"({stats.get('nodes', '?')} nodes: {stats.get('merged', 0)} merged into their producer, "
-                     f"{stats.get('tied', 0)} owners tied across {stats.get('repeats', 0)} repeated layers; "
-                     f"{stats.get('memory_rows', 0)} memory rows; optimizer {stats.get('optimizer', '?')})")
-    return lines
+    """The peak's breakdown (liveness over forward and backward) and the ILP's size."""
+    mem, st = plan.memory, plan.stats
+    parts = ", ".join(f"{k} {human_bytes(getattr(mem, k))}"
+                      for k in ("params", "grads", "optimizer", "activations", "temporaries"))
+    return [f"peak at {mem.step}: {parts}",
+            f"ILP: {st.variables} variables, {st.constraints} constraints ({st.nodes} nodes: {st.merged} merged into "
+            f"their producer, {st.tied} owners tied across {st.repeats} repeated layers; {st.memory_rows} memory "
+            f"rows; optimizer {st.optimizer})"]
+
+
+def plan_report(plan) -> str:
+    """A whole Plan: its figures with recomputation, the sharding table, the checkpoint regions, how it was chosen."""
+    budget = plan.memory_budget
+    tl = plan.timeline.breakdown()
+    parts = ", ".join(f"{k} {human_bytes(tl[k])}" for k in ("params", "grads", "optimizer", "activations",
+                                                            "temporaries"))
+    opts = plan.options
+    lines = [f"Plan on {plan.cluster.describe()}",
+             f"predicted step time {human_time(plan.step_time)}"
+             + (f" (incl. {human_time(plan.checkpoint.extra_time)} recomputation)" if plan.checkpoint else "")
+             + f", peak memory {human_bytes(plan.peak_memory)} per device (budget {human_bytes(budget)})",
+             f"peak at {tl['step']}: {parts}",
+             f"options: optimizer {opts.optimizer}, checkpoint {opts.checkpoint!r}, time limit {opts.time_limit:g} s",
+             ""]
+    lines.append(plan_table(plan.sharding))
+    if plan.checkpoint is not None:
+        lines += ["", plan.checkpoint.report()]
+    if plan.notes:
+        lines += ["", "candidates weighed:"] + [f"  {n}" for n in plan.notes]
+    return "\n".join(lines)
 
 
 def plan_table(plan) -> str:
@@ -61,9 +81,9 @@ def plan_table(plan) -> str:
     rule = "  ".join("-" * w for w in widths)
     lines = [
         f"ShardingPlan on {plan.cluster}",
-        f"predicted step time {human_time(plan.step_time)}, peak memory {human_bytes(plan.peak_memory)} per device "
-        f"(budget {human_bytes(plan.memory_budget)}); solver {plan.solver}: {plan.status} in "
-        f"{human_time(plan.solve_time)}",
+        f"sharding alone: step time {human_time(plan.step_time)}, peak memory {human_bytes(plan.peak_memory)} per "
+        f"device by stage 1's liveness (solved under {_budget(plan.memory_budget)}); solver {plan.solver}: "
+        f"{plan.status} in {human_time(plan.solve_time)}",
         *_memory_lines(plan),
         "",
         fmt(head), rule, *[fmt(r) for r in rows[:-1]], rule, fmt(rows[-1]),

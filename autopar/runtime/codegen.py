@@ -1,4 +1,7 @@
-"""Codegen: a ShardingPlan and a traced graph -> the GraphModule that one rank runs.
+"""Codegen: a traced graph and its ShardingPlan -> the GraphModule that one rank runs.
+
+The plan is an argument (``generate(gm, plan, mesh, sc)``); nothing is read from or written to
+the traced graph's ``node.meta`` but what the tracer learned about the model.
 
 Walks the traced graph once, in order, and writes a new graph:
 
@@ -29,9 +32,10 @@ import torch.fx as fx
 
 from autopar.errors import AutoparError, NodeError
 from autopar.runtime.localize import ShardedCrossEntropy, local_args, mean_scale, vocab_parallel_module
-from autopar.runtime.parallel_module import ParallelModule
+from autopar.runtime.parallel_module import ParallelModule, ParamLayout
 from autopar.runtime.sync_batchnorm import sharded_batch_norm
 from autopar.spec import ShardingSpec
+from autopar.tracer.fused import FusedPiece
 from autopar.tracer.meta import is_multi, tensor_meta
 
 
@@ -80,11 +84,6 @@ def check_input(x, name: str, shape: tuple[int, ...]):
     return x
 
 
-def _out_spec(node: fx.Node) -> ShardingSpec | None:
-    strategy = node.meta.get("strategy")
-    return strategy.output if strategy is not None and node.meta.get("tensor") is not None else None
-
-
 def _global_shape(node: fx.Node) -> tuple[int, ...]:
     return tuple(tensor_meta(node).shape)
 
@@ -96,9 +95,9 @@ def _fetch(module: torch.nn.Module, target: str):
     return obj
 
 
-def generate(gm: fx.GraphModule, mesh, sc) -> ParallelModule:
-    """The per-rank module for ``gm``, whose nodes carry ``meta["strategy"]`` (the plan's choice)."""
-    emitter = _Emitter(gm, mesh, sc)
+def generate(gm: fx.GraphModule, plan, mesh, sc) -> ParallelModule:
+    """The per-rank module for ``gm`` under ``plan`` (a ShardingPlan of the same traced graph)."""
+    emitter = _Emitter(gm, plan, mesh, sc)
     for node in gm.graph.nodes:
         emitter.emit(node)
     emitter.graph.lint()
@@ -111,17 +110,21 @@ def generate(gm: fx.GraphModule, mesh, sc) -> ParallelModule:
 class _Emitter:
     """Writes the per-rank graph, one traced node at a time (``env``: traced node -> new node)."""
 
-    def __init__(self, gm: fx.GraphModule, mesh, sc) -> None:
+    def __init__(self, gm: fx.GraphModule, plan, mesh, sc) -> None:
         self.gm, self.mesh = gm, mesh
+        self.strategy_of = plan.strategy_lookup()
         self.mesh_shape = tuple(mesh.mesh_shape)
         self.graph = fx.Graph()
         self.graph._codegen = copy.deepcopy(gm.graph._codegen)
         self.root: dict[str, object] = {"comm": Reshard(sc, mesh)}
         self.env: dict[fx.Node, fx.Node] = {}
         self.resharded: dict[tuple[fx.Node, ShardingSpec], fx.Node] = {}
-        # name -> (spec, global shape, original names, is a Parameter)
-        self.params: dict[str, tuple[ShardingSpec, tuple[int, ...], tuple[str, ...], bool]] = {}
-        self.pieces: dict[str, tuple[str, int, int, int]] = {}  # piece name -> (original name, dim, start, stop)
+        self.params: dict[str, ParamLayout] = {}  # stored name -> its layout
+        self.pieces: dict[str, FusedPiece] = {}  # stored name of a fused projection's piece -> where it sits
+
+    def out_spec(self, node: fx.Node) -> ShardingSpec | None:
+        strategy = self.strategy_of(node)
+        return strategy.output if strategy is not None and node.meta.get("tensor") is not None else None
 
     # ---- resharding ----------------------------------------------------------------------
     def reshard(self, value: fx.Node, src: ShardingSpec, dst: ShardingSpec, shape) -> fx.Node:
@@ -131,7 +134,7 @@ class _Emitter:
 
     def arrive(self, old: fx.Node, dst: ShardingSpec | None) -> fx.Node:
         """``old``'s value laid out as ``dst``: one resharding per distinct (producer, spec)."""
-        src = _out_spec(old)
+        src = self.out_spec(old)
         if dst is None or src is None or src == dst or is_multi(old.meta["tensor"]):
             return self.env[old]
         if (old, dst) not in self.resharded:
@@ -148,7 +151,7 @@ class _Emitter:
             new.meta["traced"] = node.name
 
     def _emit(self, node: fx.Node) -> None:
-        strategy = node.meta.get("strategy")
+        strategy = self.strategy_of(node)
         if strategy is None and node.op != "output" and node.meta.get("tensor") is not None:
             raise NodeError(node, "has no chosen strategy", stage="generating code for",
                             hint="plan with autopar.plan on the same traced graph before generating code")
@@ -170,7 +173,7 @@ class _Emitter:
         default = node.args[0] if node.args else inspect.Parameter.empty
         new = self.graph.placeholder(node.target, default_value=default)
         new.meta = dict(node.meta)
-        spec = _out_spec(node)
+        spec = self.out_spec(node)
         if spec is None or is_multi(node.meta["tensor"]):
             return new
         new = self.graph.call_function(check_input, (new, node.target, _global_shape(node)))
@@ -181,13 +184,14 @@ class _Emitter:
     def local_attr(self, node: fx.Node) -> fx.Node:
         """This rank's shard of a parameter or buffer, registered under its original name."""
         full = _fetch(self.gm, node.target)
-        spec = _out_spec(node) or ShardingSpec.replicate(full.dim())
+        spec = self.out_spec(node) or ShardingSpec.replicate(full.dim())
         name = node.meta.get("param", node.target)
         local = full.detach()[spec.local_slices(tuple(full.shape), self.mesh_shape, self.mesh.coord)]
         local = local.to(self.mesh.device).clone()
         is_param = isinstance(full, torch.nn.Parameter)
         self.root[name] = torch.nn.Parameter(local, requires_grad=full.requires_grad) if is_param else local
-        self.params[name] = (spec, tuple(full.shape), tuple(node.meta.get("param_aliases", (name,))), is_param)
+        self.params[name] = ParamLayout(spec, tuple(full.shape), tuple(node.meta.get("param_aliases", (name,))),
+                                        is_param)
         if "param_piece" in node.meta:  # a column block of a fused projection's weight (tracer/fused.py)
             self.pieces[name] = node.meta["param_piece"]
         new = self.graph.get_attr(name)
@@ -196,7 +200,7 @@ class _Emitter:
 
     def finish(self, node: fx.Node) -> fx.Node:
         """An output: gathered to replicated, its gradient scaled by 1/world (every rank seeds the loss)."""
-        spec = _out_spec(node)
+        spec = self.out_spec(node)
         if spec is None:
             return self.env[node]
         value = self.arrive(node, ShardingSpec.replicate(spec.ndim))
@@ -207,8 +211,12 @@ class _Emitter:
         producer = node.args[0]
         new = self.graph.call_function(operator.getitem, (self.env[producer], node.args[1]))
         new.meta = dict(node.meta)
-        src, dst = _out_spec(producer), _out_spec(node)
+        src, dst = self.out_spec(producer), self.out_spec(node)
         return self.reshard(new, src, dst, _global_shape(node)) if src and dst and src != dst else new
+
+    def stored_specs(self, node: fx.Node) -> tuple:
+        """The specs batch_norm's running statistics are stored in."""
+        return tuple(self.out_spec(n) if isinstance(n, fx.Node) else None for n in node.args[1:3])
 
     def op(self, node: fx.Node, strategy) -> fx.Node:
         """An op on local shards: inputs resharded to the strategy's specs, shape arguments made local."""
@@ -217,7 +225,7 @@ class _Emitter:
             specs.update({n: None for n in node.args[1:3] if isinstance(n, fx.Node)})
         args = fx.node.map_arg(node.args, lambda n: self.arrive(n, specs.get(n)))
         kwargs = fx.node.map_arg(node.kwargs, lambda n: self.arrive(n, specs.get(n)))
-        args = local_args(node, tuple(args), self.mesh_shape)
+        args = local_args(node, strategy, tuple(args), self.mesh_shape)
         op = node.meta.get("op")
         swapped = vocab_parallel_module(node, strategy, self.mesh)  # vocab split: a masked, local op
         batch_axes = strategy.inputs[0].dims[0] if op == "cross_entropy" and strategy.inputs[0].dims else ()
@@ -225,7 +233,8 @@ class _Emitter:
             self.root[swapped[0]] = swapped[1]
             new = self.graph.call_module(swapped[0], args, kwargs)
         elif op == "batch_norm":  # statistics synchronised over the axes splitting the batch
-            self.root[f"bn_{node.name}"] = sharded_batch_norm(node, strategy, self.mesh, self.root["comm"].sc)
+            self.root[f"bn_{node.name}"] = sharded_batch_norm(node, strategy, self.stored_specs(node), self.mesh,
+                                                                  self.root["comm"].sc)
             new = self.graph.call_module(f"bn_{node.name}", args, kwargs)
         elif batch_axes:
             name = f"ce_{node.name}"
@@ -234,15 +243,16 @@ class _Emitter:
         else:
             new = self.graph.create_node(node.op, node.target, args, kwargs, name=node.name)
         new.meta = dict(node.meta)
-        if op == "mean" and (scale := mean_scale(node, self.mesh_shape)) != 1.0:
+        if op == "mean" and (scale := mean_scale(node, strategy, self.mesh_shape)) != 1.0:
             new = self.graph.call_function(operator.mul, (new, scale))
         return new
 
 
 def _install_grad_sync(module: ParallelModule, params, mesh) -> None:
     """Sum each replicated parameter's gradient contributions over the mesh axes it is replicated on."""
-    for name, (spec, _shape, _aliases, is_param) in params.items():
-        if not is_param:
+    for name, layout in params.items():
+        spec = layout.spec
+        if not layout.is_param:
             continue
         axes = [a for a in range(len(mesh.mesh_shape)) if a not in spec.used_axes() and mesh.mesh_shape[a] > 1]
         param = module.get_parameter(name)

@@ -16,9 +16,8 @@ from autopar.spec import ShardingSpec
 from autopar.tracer.ops import CREATION_OPS
 
 
-def local_args(node: fx.Node, args: tuple, mesh_shape: tuple[int, ...]) -> tuple:
-    """``args`` of ``node`` (already mapped into the new graph), with shapes made local."""
-    strategy = node.meta["strategy"]
+def local_args(node: fx.Node, strategy, args: tuple, mesh_shape: tuple[int, ...]) -> tuple:
+    """``args`` of ``node`` under its chosen ``strategy`` (already mapped into the new graph), shapes made local."""
     op = node.meta["op"]
     out_spec: ShardingSpec = strategy.output
     if op in ("view", "expand"):
@@ -63,13 +62,13 @@ def _local_index(node: fx.Node, index, in_spec: ShardingSpec):
     return tuple(out)
 
 
-def mean_scale(node: fx.Node, mesh_shape: tuple[int, ...]) -> float:
+def mean_scale(node: fx.Node, strategy, mesh_shape: tuple[int, ...]) -> float:
     """A mean over split dims computes a local mean; times this factor it is a partial of the global mean.
 
     mean_global = sum_r sum(x_r) / N = sum_r mean(x_r) * (n_r / N) = sum_r mean(x_r) / k,
     where k is the number of shards across the reduced dims.
     """
-    in_spec: ShardingSpec = node.meta["strategy"].inputs[0]
+    in_spec: ShardingSpec = strategy.inputs[0]
     args = node.args
     ndim = in_spec.ndim
     dims = args[1] if len(args) > 1 else node.kwargs.get("dim")
@@ -78,10 +77,6 @@ def mean_scale(node: fx.Node, mesh_shape: tuple[int, ...]) -> float:
     dims = [dims] if isinstance(dims, int) else dims
     k = math.prod(in_spec.shards(d % ndim, mesh_shape) for d in dims)
     return 1.0 / k
-
-
-def sharded_dims_axes(spec: ShardingSpec, dims) -> tuple[int, ...]:
-    return tuple(sorted(a for d in dims for a in spec.dims[d]))
 
 
 class ShardedCrossEntropy(torch.nn.Module):

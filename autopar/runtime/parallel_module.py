@@ -6,28 +6,41 @@ which every rank calls with the same global inputs, getting the full outputs bac
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.fx as fx
 
 from autopar.spec import ShardingSpec
+from autopar.tracer.fused import FusedPiece
+
+
+@dataclass(frozen=True, slots=True)
+class ParamLayout:
+    """How one stored parameter or buffer is laid out on the mesh."""
+
+    spec: ShardingSpec  # the spec of the local shard
+    shape: tuple[int, ...]  # the global shape
+    names: tuple[str, ...]  # every name the original model knows it by (tied weights: several)
+    is_param: bool  # a Parameter (else a buffer)
 
 
 class ParallelModule(fx.GraphModule):
-    def _setup(self, *, mesh, sc, params, pieces=None) -> None:
-        # params: name -> (spec, global shape, original names, is_parameter)
-        # pieces: name of a stored piece -> (original name, dim, start, stop), for weights the tracer
-        # cut into pieces (tracer/fused.py); gathered state and gradients join them back.
+    def _setup(self, *, mesh, sc, params: dict[str, ParamLayout], pieces: dict[str, FusedPiece] | None = None) -> None:
+        # pieces: the stored pieces of weights the tracer cut (tracer/fused.py); gathered state and
+        # gradients join them back under the original name.
         self._mesh, self._sc, self._params = mesh, sc, params
         self._pieces = dict(pieces or {})
-        self.plan = None
+        self.plan = None  # the Plan this module runs (autopar.solver.full_plan)
         self.checkpoint_plan = None  # CheckpointPlan when regions recompute in backward
         self.kernel_substitutions = ()  # kernel_pass.Substitution records, when kernels ran
+
+    def attach_plan(self, plan) -> None:
+        self.plan, self.checkpoint_plan = plan, plan.checkpoint
 
     def report(self) -> str:
         """Every decision: the sharding plan, the recomputed regions, the kernels swapped in."""
         parts = [self.plan.report() if self.plan is not None else "no plan"]
-        if self.checkpoint_plan is not None:
-            parts.append(self.checkpoint_plan.report())
         if self.kernel_substitutions:
             parts.append("Triton kernels: " + ", ".join(map(str, self.kernel_substitutions)))
         return "\n\n".join(parts)
@@ -39,9 +52,9 @@ class ParallelModule(fx.GraphModule):
     def param_spec(self, name: str) -> ShardingSpec:
         """The spec a parameter is stored in, by its original name (for a weight stored in pieces, the
         spec of its first piece; ``piece_specs`` gives them all)."""
-        for own, (spec, _shape, aliases, _is_param) in self._params.items():
-            if name == own or name in aliases:
-                return spec
+        for own, layout in self._params.items():
+            if name == own or name in layout.names:
+                return layout.spec
         pieces = self.piece_specs(name)
         if pieces:
             return pieces[0]
@@ -49,22 +62,23 @@ class ParallelModule(fx.GraphModule):
 
     def piece_specs(self, name: str) -> list[ShardingSpec]:
         """The specs of the pieces a fused projection's weight ``name`` is stored in, in order ([] if none)."""
-        pieces = sorted((start, own) for own, (orig, _dim, start, _stop) in self._pieces.items() if orig == name)
-        return [self._params[own][0] for _start, own in pieces]
+        pieces = sorted((p.start, own) for own, p in self._pieces.items() if p.original == name)
+        return [self._params[own].spec for _start, own in pieces]
 
     def _gathered(self, pick) -> dict[str, torch.Tensor | None]:
         out: dict[str, torch.Tensor | None] = {}
         with torch.no_grad():
-            for name, (spec, shape, aliases, is_param) in self._params.items():
-                local = pick(self._attr(name), is_param)
+            for name, layout in self._params.items():
+                local = pick(self._attr(name), layout.is_param)
                 full = None
                 if local is not None:
-                    full = self._sc.apply(local.detach(), spec, ShardingSpec.replicate(len(shape)), shape, self._mesh)
-                for alias in aliases:
+                    full = self._sc.apply(local.detach(), layout.spec, ShardingSpec.replicate(len(layout.shape)),
+                                          layout.shape, self._mesh)
+                for alias in layout.names:
                     out[alias] = full
         joined: dict[str, list] = {}
-        for own, (orig, dim, start, _stop) in self._pieces.items():
-            joined.setdefault(orig, []).append((start, dim, out.pop(own)))
+        for own, piece in self._pieces.items():
+            joined.setdefault(piece.original, []).append((piece.start, piece.dim, out.pop(own)))
         for orig, parts in joined.items():
             parts.sort(key=lambda p: p[0])
             tensors = [t for _s, _d, t in parts]
@@ -87,7 +101,6 @@ class ParallelModule(fx.GraphModule):
         return {k: v for k, v in grads.items() if self._is_param_name(k)}
 
     def _is_param_name(self, name: str) -> bool:
-        if any(orig == name and self._params[own][3] for own, (orig, *_rest) in self._pieces.items()):
+        if any(p.original == name and self._params[own].is_param for own, p in self._pieces.items()):
             return True
-        return any(is_param and (name == own or name in aliases)
-                   for own, (_s, _sh, aliases, is_param) in self._params.items())
+        return any(layout.is_param and (name == own or name in layout.names) for own, layout in self._params.items())

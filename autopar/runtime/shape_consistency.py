@@ -132,11 +132,6 @@ class ShapeConsistencyManager:
         self._plans[key] = tuple(reversed(steps))
         return self._plans[key]
 
-    def cost_matrix(self, srcs: Sequence[ShardingSpec], dsts: Sequence[ShardingSpec], shape: Sequence[int],
-                    itemsize: int) -> list[list[float]]:
-        """``[[cost(s, d) for d in dsts] for s in srcs]``: one ILP edge's resharding costs."""
-        return [[self.cost(s, d, shape, itemsize) for d in dsts] for s in srcs]
-
     def _tree(self, src: ShardingSpec, shape: tuple[int, ...], itemsize: int) -> tuple[dict, dict]:
         """Dijkstra from ``src``: (seconds to every reachable spec, the last step on its cheapest path)."""
         key = (src, shape, itemsize)
@@ -242,8 +237,14 @@ class ShapeConsistencyManager:
         if tuple(local.shape) != expected:
             raise ValueError(f"a {src} piece of a {tuple(global_shape)} tensor has local shape {expected}, "
                              f"got {tuple(local.shape)} on rank {mesh.rank}")
+        given = local.untyped_storage().data_ptr()
         for step in self.plan(src, dst, global_shape, local.element_size()):
             local = C.run_step(local, step, mesh)
+        storage = local.untyped_storage()
+        if storage.data_ptr() != given and storage.nbytes() > local.numel() * local.element_size():
+            # a piece of a collective's larger buffer (a chunk of a gather): copied out, so what a
+            # consumer saves for backward holds the piece (the memory model's local bytes), not the buffer
+            local = local.clone()
         return local
 
     def shard(self, global_tensor: torch.Tensor, spec: ShardingSpec, mesh: RuntimeMesh) -> torch.Tensor:

@@ -123,10 +123,10 @@ class ShardedBatchNorm(torch.nn.Module):
         return y
 
 
-def sharded_batch_norm(node: fx.Node, strategy, mesh, sc) -> ShardedBatchNorm:
-    """The runtime module for a canonical ``batch_norm`` node under its chosen strategy."""
+def sharded_batch_norm(node: fx.Node, strategy, stored: tuple, mesh, sc) -> ShardedBatchNorm:
+    """The runtime module for a canonical ``batch_norm`` node under its chosen strategy; ``stored``: the
+    specs its running mean and variance are kept in (None where there is none)."""
     x_spec: ShardingSpec = strategy.inputs[0]
     sync_axes = tuple(sorted(a for d, axes in enumerate(x_spec.dims) if d != 1 for a in axes))
     channels = ShardingSpec((tuple(x_spec.dims[1]),), ())
-    stored = tuple(n.meta["strategy"].output if isinstance(n, fx.Node) else None for n in node.args[1:3])
     return ShardedBatchNorm(mesh, sc, node.meta["tensor"].shape[1], sync_axes, channels, stored)

@@ -65,17 +65,23 @@ class StrategyGraph:
         return sum(len(self.strategies(n)) for n in self.nodes)
 
 
-def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: ReshardCost | None = None
-                     ) -> StrategyGraph:
-    """Enumerate and price every node's strategies and every edge's resharding (pure: no process group)."""
+def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: ReshardCost | None = None,
+                     optimizer: str = "adamw", bar=None) -> StrategyGraph:
+    """Enumerate and price every node's strategies and every edge's resharding (pure: no process group).
+
+    ``optimizer`` prices each parameter strategy's state (``cost_model.state_factors``); ``bar(label,
+    done, total)``, when given, is told the progress over the nodes."""
     if reshard_cost is None:
         from autopar.runtime.shape_consistency import ShapeConsistencyManager
 
         reshard_cost = ShapeConsistencyManager(cluster).cost
     nodes = list(gm.graph.nodes)
     memo: dict = {}  # repeated layers: each distinct op signature is enumerated and priced once
-    for node in nodes:
-        node.meta["strategies"] = memoised_strategies(node, cluster, memo)
+    step = max(1, len(nodes) // 50)
+    for k, node in enumerate(nodes):
+        node.meta["strategies"] = memoised_strategies(node, cluster, memo, optimizer)
+        if bar is not None and (k % step == 0 or k == len(nodes) - 1):
+            bar("strategies", k + 1, len(nodes))
     graph = StrategyGraph(gm, cluster, nodes)
     cache: dict = {}  # repeated layers ask for the same (specs, shape) matrices again and again
     for node in nodes:

@@ -1,18 +1,22 @@
 """Stage 2: which activations recompute in backward, on the per-device costs of the sharding plan.
 
-1. ``linearise`` cuts the traced graph into stages at the points where exactly one tensor that
+1. ``_stages`` cuts the traced graph into stages at the points where exactly one tensor that
    carries a gradient crosses (masks, ids and other tensors without gradient are free to cross:
    a checkpoint region takes them as extra inputs); a stage where nothing carries a gradient
    joins the next.
-2. ``chain_of`` prices each stage on one device under the chosen strategies: forward time (the
-   forward share of the strategies' compute time), bytes saved for backward (each storage once,
-   resharded copies included: ``checkpoint_saved``), bytes of the tensor entering it, and its
-   largest output plus gradient as transient; and the storages without gradient that several
-   stages hold or read (``Chain.shared``: a region keeps those it reads, once). Short stages
-   are merged so the chain has at most ``max_stages`` stages.
-3. ``plan_checkpoints`` runs the exact chain DP (``checkpoint_dp``) for the activation budget
-   and returns a CheckpointPlan: the recomputed regions as lists of traced node names, and the
-   bytes held for backward when forward ends (``kept``, what ``runtime.saved_probe`` measures).
+2. ``chain_of`` prices each stage on one device under the chosen strategies (handed in as
+   ``strategy_of``): forward time (the forward share of the strategies' compute time), bytes saved
+   for backward (each storage once, resharded copies included: ``checkpoint_saved``), bytes of the
+   tensor entering it, and what the stage holds above the activations before it while it runs:
+   its own saved bytes so far plus, at each of its steps, everything besides activations
+   (parameters, optimizer state, the gradients produced so far, live outputs and copies:
+   ``timeline.background``, the liveness account of ``memory.py``); and the storages without
+   gradient that several stages hold or read (``Chain.shared``: a region keeps those it reads,
+   once). Short stages are merged so the chain has at most ``max_stages`` stages. The chain's
+   peaks are then the whole device's, compared with the whole budget, and never below the
+   ``Timeline`` of the same schedule.
+3. ``plan_checkpoints`` runs the exact chain DP (``checkpoint_dp``) for the budget and returns a
+   CheckpointPlan: the recomputed regions as lists of traced node names.
 """
 from __future__ import annotations
 
@@ -21,22 +25,18 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from autopar.solver.checkpoint_dp import Chain, Schedule, no_checkpoint, plan_chain
-from autopar.solver.checkpoint_saved import root_bytes, root_key, saved_storages
+from autopar.solver.checkpoint_saved import StrategyOf, root_bytes, root_key, saved_storages
 from autopar.solver.cost_model import local_bytes
 from autopar.tracer.meta import is_multi, tensor_meta
 
 _NOT_OPS = ("placeholder", "get_attr", "output")
+Background = dict  # node name -> (bytes besides activations at its forward step, at its backward step)
 
 
 def _carries_grad(node: fx.Node) -> bool:
     tm = node.meta.get("tensor")
     metas = tm if is_multi(tm) else (tm,)
     return any(t is not None and t.requires_grad for t in metas)
-
-
-def linearise(gm: fx.GraphModule) -> list[list[fx.Node]]:
-    """Op nodes in order, cut wherever a single gradient-carrying tensor is live across the cut."""
-    return [stage for stage, _entry in _stages(gm)]
 
 
 def _stages(gm: fx.GraphModule) -> list[tuple[list[fx.Node], fx.Node | None]]:
@@ -62,23 +62,60 @@ def _stages(gm: fx.GraphModule) -> list[tuple[list[fx.Node], fx.Node | None]]:
     return [(stage, entry) for stage, entry in stages if stage]
 
 
-def _stage_costs(stage: list[fx.Node], entry: fx.Node | None, mesh_shape) -> tuple[float, float, float]:
-    """(forward time, input bytes x, transient bytes t) of one stage; saved bytes come from ``_saved``."""
-    forward = transient = 0.0
-    for node in stage:
-        strategy = node.meta.get("strategy")
+def forward_time(nodes, strategy_of: StrategyOf) -> float:
+    """Seconds of forward work of ``nodes`` under their strategies (what recomputing them costs)."""
+    forward = 0.0
+    for node in nodes:
+        strategy = strategy_of(node)
         if strategy is None:
             continue
         profile = node.meta.get("profile")
         total = (profile.fwd_flops + profile.bwd_flops) if profile else 0.0
         forward += strategy.compute_time * (profile.fwd_flops / total if total else 0.5)
-        if _carries_grad(node):  # the output and its gradient live while the node runs
-            transient = max(transient, 2 * local_bytes(node.meta["tensor"], strategy.output, mesh_shape))
+    return forward
+
+
+def _stage_costs(stage: list[fx.Node], entry: fx.Node | None, mesh_shape, strategy_of: StrategyOf
+                 ) -> tuple[float, float]:
+    """(forward time, input bytes x) of one stage; saved and held bytes come from ``_held``."""
     x = 0.0
     if entry is not None:
-        spec = entry.meta["strategy"].output if entry.meta.get("strategy") is not None else None
-        x = local_bytes(tensor_meta(entry), spec, mesh_shape) if spec is not None else tensor_meta(entry).nbytes
-    return forward, x, transient
+        strategy = strategy_of(entry)
+        x = local_bytes(tensor_meta(entry), strategy.output, mesh_shape) if strategy is not None \
+            else tensor_meta(entry).nbytes
+    return forward_time(stage, strategy_of), x
+
+
+def _spans(gm: fx.GraphModule, stages: list[list[fx.Node]]) -> list[list[fx.Node]]:
+    """Each stage's nodes with the placeholders, parameters and output around them: a node that is not
+    an op joins the stage of the op before it (the first stage before any op), so every step of the
+    schedule is in some stage's account."""
+    stage_of = {n: i for i, stage in enumerate(stages) for n in stage}
+    spans: list[list[fx.Node]] = [[] for _ in stages]
+    current = 0
+    for node in gm.graph.nodes:
+        current = stage_of.get(node, current)
+        if spans:
+            spans[current].append(node)
+    return spans
+
+
+def _held(stage: list[fx.Node], saves: dict, shared: dict, background: Background) -> tuple[float, float]:
+    """(s, t) of one stage: the bytes it saves (each storage once, shared ones aside) and, above them,
+    the most it holds besides: max over its nodes of (its saved bytes up to that node + that node's
+    background in forward or backward) - s. A storage an earlier stage saved too is counted again
+    here, so the chain never counts less than the Timeline of any schedule (the earlier saver may
+    be recomputed, leaving this one to hold it)."""
+    seen = set(shared)
+    saved = top = 0.0
+    for node in stage:
+        for key, size in saves.get(node, {}).items():
+            if key not in seen:
+                seen.add(key)
+                saved += size
+        fwd, bwd = background.get(node.name, (0.0, 0.0))
+        top = max(top, saved + max(fwd, bwd))
+    return saved, top - saved
 
 
 def _saved(stages: list[list[fx.Node]], saves: dict, shared: dict) -> list[float]:
@@ -113,21 +150,23 @@ def _merge(stages: list[tuple[list[fx.Node], fx.Node | None]], max_stages: int, 
     return out
 
 
-def chain_of(gm: fx.GraphModule, mesh_shape, max_stages: int = 48) -> tuple[list[list[fx.Node]], Chain]:
-    """The stages of ``gm`` (nodes carry ``meta["strategy"]``) and their per-device chain costs."""
-    saves = saved_storages(gm, mesh_shape)
+def chain_of(gm: fx.GraphModule, mesh_shape, strategy_of: StrategyOf, background: Background,
+             max_stages: int = 48) -> tuple[list[list[fx.Node]], Chain]:
+    """The stages of ``gm`` under the plan ``strategy_of`` and their per-device chain costs."""
+    saves = saved_storages(gm, mesh_shape, strategy_of)
     stages = _stages(gm)
     stages = _merge(stages, max_stages, _saved([s for s, _e in stages], saves, {}))
     nodes = [s for s, _e in stages]
-    costs = [_stage_costs(s, e, mesh_shape) for s, e in stages]
-    shared, reads, born = _shared_storages(gm, nodes, mesh_shape)
+    costs = [_stage_costs(s, e, mesh_shape, strategy_of) for s, e in stages]
+    shared, reads, born = _shared_storages(gm, nodes, mesh_shape, strategy_of)
+    held = [_held(span, saves, shared, background) for span in _spans(gm, nodes)]
     holds = tuple(sum(1 << r for r, key in enumerate(shared) if any(key in saves.get(n, {}) for n in stage))
                   for stage in nodes)
-    return nodes, Chain(tuple(c[0] for c in costs), tuple(_saved(nodes, saves, shared)), tuple(c[1] for c in costs),
-                        tuple(c[2] for c in costs), tuple(shared.values()), holds, reads, born)
+    return nodes, Chain(tuple(c[0] for c in costs), tuple(h[0] for h in held), tuple(c[1] for c in costs),
+                        tuple(h[1] for h in held), tuple(shared.values()), holds, reads, born)
 
 
-def _shared_storages(gm: fx.GraphModule, stages: list[list[fx.Node]], mesh_shape):
+def _shared_storages(gm: fx.GraphModule, stages: list[list[fx.Node]], mesh_shape, strategy_of: StrategyOf):
     """The storages without gradient that several stages use (masks, rotary tables, ids; ``Chain.shared``).
 
     Returns ({storage key: local bytes}, per stage the bitmask of those it reads from before it,
@@ -146,27 +185,29 @@ def _shared_storages(gm: fx.GraphModule, stages: list[list[fx.Node]], mesh_shape
                 for root in arg.meta["storage"].roots:
                     if root is not None and by_name[root[0]].op != "get_attr":
                         reads[i] |= 1 << index.setdefault(root, len(index))
-    shared = {root_key(root): root_bytes(by_name[root[0]], root[1], mesh_shape) for root in index}
+    shared = {root_key(root): root_bytes(by_name[root[0]], root[1], mesh_shape, strategy_of) for root in index}
     born = tuple(stage_of.get(by_name[name], -1) for name, _i in index)
     return shared, tuple(reads), born
 
 
 @dataclass(frozen=True)
 class CheckpointPlan:
+    """The recomputed regions and what they cost and save, per device (whole-device bytes)."""
+
     regions: tuple[tuple[str, ...], ...]  # traced node names of each recomputed region
     stages: int  # stages the graph was cut into
     extra_time: float  # s: forward time recomputed in backward
     bytes_saved: float  # bytes per device no longer held between forward and backward
-    peak_before: float  # bytes: activation peak without checkpointing (chain model)
-    peak_after: float  # bytes: activation peak with these regions
-    budget: float  # bytes available for activations
+    peak_before: float  # bytes: the device's peak without checkpointing (chain account)
+    peak_after: float  # bytes: the device's peak with these regions (chain account)
+    budget: float  # bytes per device the schedule was fitted to
     kept: float = 0.0  # bytes per device held for backward when forward ends, with these regions
 
     def report(self) -> str:
         from autopar.report.text import human_bytes, human_time
 
         lines = [f"activation checkpointing: {len(self.regions)} region(s) of {self.stages} stages recompute in "
-                 f"backward; +{human_time(self.extra_time)} per step; activation peak "
+                 f"backward; +{human_time(self.extra_time)} per step; peak per device "
                  f"{human_bytes(self.peak_before)} -> {human_bytes(self.peak_after)} "
                  f"(budget {human_bytes(self.budget)}), {human_bytes(self.bytes_saved)} fewer bytes kept"]
         for i, region in enumerate(self.regions):
@@ -176,7 +217,17 @@ class CheckpointPlan:
     def to_json(self) -> dict:
         return {"regions": [list(r) for r in self.regions], "stages": self.stages, "extra_time": self.extra_time,
                 "bytes_saved": self.bytes_saved, "peak_before": self.peak_before, "peak_after": self.peak_after,
-                "budget": self.budget, "kept": self.kept}
+                "budget": _finite(self.budget), "kept": self.kept}
+
+    @classmethod
+    def from_json(cls, data: dict) -> CheckpointPlan:
+        fields = dict(data, regions=tuple(tuple(r) for r in data["regions"]))
+        fields["budget"] = float("inf") if fields["budget"] is None else fields["budget"]
+        return cls(**fields)
+
+
+def _finite(x: float) -> float | None:
+    return None if x == float("inf") else x
 
 
 def as_plan(stages, chain: Chain, schedule: Schedule, budget: float) -> CheckpointPlan:
@@ -187,24 +238,24 @@ def as_plan(stages, chain: Chain, schedule: Schedule, budget: float) -> Checkpoi
                           no_checkpoint(chain).peak, schedule.peak, budget, schedule.retained)
 
 
-def plan_checkpoints(gm: fx.GraphModule, mesh_shape, activation_budget: float) -> CheckpointPlan:
-    """The regions to recompute so the activation peak fits ``activation_budget`` at least extra time."""
-    stages, chain = chain_of(gm, mesh_shape)
-    return as_plan(stages, chain, plan_chain(chain, activation_budget), activation_budget)
+def plan_checkpoints(stages: list[list[fx.Node]], chain: Chain, budget: float) -> CheckpointPlan:
+    """The regions to recompute so the device's peak fits ``budget`` at least extra time (``chain_of``'s
+    stages and chain; raises InfeasibleBudgetError with the smallest peak any schedule reaches)."""
+    return as_plan(stages, chain, plan_chain(chain, budget), budget)
 
 
-def checkpoint_modules(gm: fx.GraphModule, mesh_shape, module_names: list[str]) -> CheckpointPlan:
+def module_regions(gm: fx.GraphModule, module_names) -> tuple[tuple[str, ...], ...]:
     """One region per named module (e.g. ``"transformer.h.0"``): its op nodes, as the user asked."""
-    stages, chain = chain_of(gm, mesh_shape)
+    from autopar.errors import AutoparError
+
     regions = []
     for name in module_names:
         nodes = tuple(n.name for n in gm.graph.nodes if n.op not in _NOT_OPS and _in_module(n, name))
         if not nodes:
-            raise ValueError(f"checkpoint: no op of the traced graph belongs to module {name!r}; "
-                             f"give module paths like 'transformer.h.0' (see model.named_modules())")
+            raise AutoparError(f"checkpoint: no op of the traced graph belongs to module {name!r}; "
+                               f"give module paths like 'transformer.h.0' (see model.named_modules())")
         regions.append(nodes)
-    none = no_checkpoint(chain)
-    return CheckpointPlan(tuple(regions), len(stages), 0.0, 0.0, none.peak, none.peak, float("inf"), none.retained)
+    return tuple(regions)
 
 
 def _in_module(node: fx.Node, name: str) -> bool:

@@ -78,10 +78,6 @@ class Schedule:
     peak: float  # bytes
     retained: float = 0.0  # bytes held for backward at the end of forward: R(n)
 
-    @property
-    def recomputed(self) -> tuple[int, ...]:
-        return tuple(i for a, b, r in self.segments if r for i in range(a, b + 1))
-
     def __str__(self) -> str:
         parts = [f"[{a}..{b}]" if r else f"{a}..{b}" for a, b, r in self.segments]
         return " ".join(parts) + "  ([..] recomputed)"

@@ -22,20 +22,25 @@ see that two savers of one activation may save two different resharded copies of
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.fx as fx
 
 from autopar.solver.cost_model import local_bytes
+from autopar.solver.strategy import Strategy
 from autopar.tracer.meta import is_multi
 
 Key = tuple  # ("root", node name, index) or ("copy", node name, spec) or ("own", node name)
+StrategyOf = Callable[[fx.Node], "Strategy | None"]  # the plan's chosen strategy of a traced node
 
 
-def saved_storages(gm: fx.GraphModule, mesh_shape) -> dict[fx.Node, dict[Key, float]]:
+def saved_storages(gm: fx.GraphModule, mesh_shape, strategy_of: StrategyOf) -> dict[fx.Node, dict[Key, float]]:
     """Per op node: {storage key: local bytes} of everything it saves for backward (see the module docstring)."""
     by_name = {n.name: n for n in gm.graph.nodes}
     out: dict[fx.Node, dict[Key, float]] = {}
     for node in gm.graph.nodes:
-        storage, strategy, profile = (node.meta.get(k) for k in ("storage", "strategy", "profile"))
+        storage, profile = node.meta.get("storage"), node.meta.get("profile")
+        strategy = strategy_of(node)
         if node.op in ("placeholder", "get_attr", "output") or strategy is None or profile is None:
             continue
         if storage is None or (not storage.saves and not storage.private):
@@ -52,56 +57,57 @@ def saved_storages(gm: fx.GraphModule, mesh_shape) -> dict[fx.Node, dict[Key, fl
             if not roots:
                 continue
             left -= roots
-            copy = _resharded_copy(arg, wanted, mesh_shape)
+            copy = _resharded_copy(arg, wanted, mesh_shape, strategy_of)
             if copy is not None:
                 keys[copy[0]] = copy[1]
             else:
-                keys.update(_root_keys(by_name, roots, mesh_shape))
-        keys.update(_root_keys(by_name, left, mesh_shape))
+                keys.update(_root_keys(by_name, roots, mesh_shape, strategy_of))
+        keys.update(_root_keys(by_name, left, mesh_shape, strategy_of))
         out[node] = keys
     return out
 
 
-def _resharded_copy(arg: fx.Node, wanted, mesh_shape) -> tuple[Key, float] | None:
+def _resharded_copy(arg: fx.Node, wanted, mesh_shape, strategy_of: StrategyOf) -> tuple[Key, float] | None:
     """The copy a consumer wanting ``arg`` as ``wanted`` reads: codegen's resharding nearest to the
     consumer on the way from ``arg`` back through its views to the storage's root (key, local bytes),
     or None when nothing on the way is resharded (the consumer reads the root's own storage)."""
     node, spec = arg, wanted
     while True:
-        produced = node.meta["strategy"].output if node.meta.get("strategy") is not None else None
+        strategy = strategy_of(node)
+        produced = strategy.output if strategy is not None else None
         if spec is not None and produced is not None and spec != produced \
                 and not _split_is_view(produced, spec, node.meta["tensor"], mesh_shape):
             return ("copy", node.name, spec), local_bytes(node.meta["tensor"], spec, mesh_shape)
         storage = node.meta.get("storage")
         root = storage.roots[0] if storage is not None and storage.roots else None
-        if root is None or root[0] == node.name or node.meta.get("strategy") is None:
+        if root is None or root[0] == node.name or strategy is None:
             return None
         # a view: its storage is its base's, laid out as the view's own strategy wanted that input
         k, parent = next(((k, a) for k, a in enumerate(node.all_input_nodes)
                           if "storage" in a.meta and root in a.meta["storage"].roots), (None, None))
         if parent is None:
             return None
-        node, spec = parent, node.meta["strategy"].inputs[k]
+        node, spec = parent, strategy.inputs[k]
 
 
 def root_key(root) -> Key:
     return ("root", *root)
 
 
-def _root_keys(by_name, roots, mesh_shape) -> dict[Key, float]:
+def _root_keys(by_name, roots, mesh_shape, strategy_of: StrategyOf) -> dict[Key, float]:
     out = {}
     for name, i in roots:
         node = by_name[name]
         if node.op != "get_attr":
-            out[root_key((name, i))] = root_bytes(node, i, mesh_shape)
+            out[root_key((name, i))] = root_bytes(node, i, mesh_shape, strategy_of)
     return out
 
 
-def root_bytes(node: fx.Node, i, mesh_shape) -> float:
+def root_bytes(node: fx.Node, i, mesh_shape, strategy_of: StrategyOf) -> float:
     """Local bytes of output ``i`` (None: the only one) of ``node`` in its chosen spec."""
     tm = node.meta["tensor"]
     tm = tm[i] if i is not None and is_multi(tm) else tm
-    strategy = node.meta.get("strategy")
+    strategy = strategy_of(node)
     return local_bytes(tm, strategy.output, mesh_shape) if strategy is not None else float(tm.nbytes)
 
 

@@ -13,7 +13,9 @@ split; on an axis where tensors are only replicated or partial every rank does t
 
 A partial tensor is full-size on every rank. ``e`` is the cluster's efficiency.
 
-Parameters: memory = 4 x local bytes (param, grad, two AdamW moments), and the node pays the
+Parameters: memory = local elements x (param + grad + optimizer state bytes per element), from
+``state_factors(dtype, optimizer)``, the one model of parameter state that the ILP's liveness
+(memory.py), stage 2 and the report all use; and the node pays the
 gradient all-reduce over each mesh axis a (size n) on which it is replicated:
 ``alpha_a + 2 (n-1)/n x local_bytes x beta_a``. Buffers: 1 x local bytes, no sync.
 Placeholders: free to shard (every rank has the global input), memory = local bytes.
@@ -25,6 +27,7 @@ import functools
 import math
 from collections.abc import Sequence
 
+import torch
 import torch.fx as fx
 
 from autopar.cluster import ClusterInfo
@@ -32,9 +35,27 @@ from autopar.solver.strategies.base import is_tuple_meta
 from autopar.solver.strategy import Strategy
 from autopar.spec import ShardingSpec
 from autopar.tracer.meta import TensorMeta, dtype_bytes
+from autopar.tracer.ops import Prop, has
 
-VIEW_OPS = frozenset({"view", "permute", "expand", "slice", "split", "getitem"})
-STORAGE_OPS = frozenset({"param", "buffer"})
+STORAGE_OPS = ("param", "buffer")  # node kinds, not ops: what a get_attr holds
+# Optimizer -> state tensors per parameter element (moments, momentum buffers).
+OPTIMIZERS = {"adamw": 2, "adam": 2, "sgd_momentum": 1, "sgd": 0}
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def state_factors(dtype, optimizer: str) -> tuple[float, float, float]:
+    """(param, grad, optimizer state) bytes per element of a trainable parameter of ``dtype``.
+
+    fp32 (or fp64) parameters: the optimizer's state tensors in the parameter's dtype. Half-precision
+    parameters (mixed precision): the state in fp32 beside an fp32 master copy, so bf16 + AdamW is
+    2 + 2 + (4 + 4 + 4) bytes per element.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    size = float(itemsize(dtype))
+    states = OPTIMIZERS[optimizer]
+    opt = 4.0 * (states + 1) if dtype in _HALF else size * states
+    return size, size, opt
 
 
 @functools.cache
@@ -78,7 +99,7 @@ def grad_sync_time(local: float, spec: ShardingSpec, cluster: ClusterInfo) -> fl
 
 
 def price(node: fx.Node, out: ShardingSpec | None, inputs: Sequence[ShardingSpec | None],
-          cluster: ClusterInfo) -> Strategy:
+          cluster: ClusterInfo, optimizer: str = "adamw") -> Strategy:
     """The Strategy ``out = inputs`` of ``node`` with its compute time, own comm time and memory."""
     mesh = cluster.mesh_shape
     op = node.meta.get("op")
@@ -88,8 +109,9 @@ def price(node: fx.Node, out: ShardingSpec | None, inputs: Sequence[ShardingSpec
     if node.op == "get_attr" or op in STORAGE_OPS:
         local = local_bytes(tm, out, mesh)
         is_param = op == "param" and getattr(tm, "requires_grad", True)
+        factors = state_factors(tm.dtype, optimizer) if is_param else (float(itemsize(tm.dtype)), 0.0, 0.0)
         return Strategy(out, inputs, 0.0, grad_sync_time(local, out, cluster) if is_param else 0.0,
-                        local * (4 if is_param else 1))
+                        local / itemsize(tm.dtype) * sum(factors))
     if node.op == "placeholder":
         return Strategy(out, inputs, 0.0, 0.0, local_bytes(tm, out, mesh))
     if node.op == "output" or tm is None:
@@ -102,7 +124,7 @@ def price(node: fx.Node, out: ShardingSpec | None, inputs: Sequence[ShardingSpec
 
     # compute: the slower of FLOPs and memory traffic, on the local shard
     flops = (profile.fwd_flops + profile.bwd_flops) * work_fraction((out, *inputs), mesh) if profile else 0.0
-    if op in VIEW_OPS:
+    if has(op, Prop.VIEW):
         traffic = 0.0
     else:
         traffic = local_bytes(tm, out, mesh) + sum(local_bytes(t, s, mesh) for t, s in zip(in_metas, inputs))

@@ -55,7 +55,7 @@ from autopar.errors import AutoparError, InfeasibleBudgetError
 from autopar.solver.build import StrategyGraph
 from autopar.solver.memory import MemoryModel
 from autopar.solver.merge import Reduction, reduce
-from autopar.solver.plan import plan_from_choice
+from autopar.solver.plan import ShardingPlan, plan_from_choice
 from autopar.solver.quiet import quiet_stdout
 
 US = 1e6  # objective in microseconds
@@ -199,20 +199,24 @@ class _Ilp:
 
 def solve(strategy_graph: StrategyGraph, cluster: ClusterInfo, *, memory_budget: float | None = None,
           time_limit: float = 60, solver: str = "highs", optimizer: str = "adamw", merge: bool = True,
-          share: bool = True, restrict: Restrict | None = None) -> ShardingPlan:  # noqa: F821
-    """The cheapest plan under ``memory_budget`` bytes per device (default: the device memory).
+          share: bool = True, restrict: Restrict | None = None, memory: MemoryModel | None = None,
+          reduction: Reduction | None = None) -> ShardingPlan:
+    """The cheapest plan under ``memory_budget`` bytes per device (default: the device memory; ``inf``:
+    no budget). Returns the plan; writes nothing into the graph.
 
     ``optimizer`` sets the optimizer state in the memory model (adamw, adam, sgd_momentum, sgd);
     ``merge``/``share`` switch the ILP reductions; ``restrict(node, strategy) -> bool`` limits the
-    candidates (hand plans: bench/plan_quality.py). ``None`` budget with ``restrict`` means no budget.
+    candidates (hand plans: bench/plan_quality.py). ``memory``/``reduction``: the MemoryModel and
+    Reduction of ``strategy_graph``, when the caller solves it several times.
     """
     from autopar.solver.memory_rows import add_memory_rows, min_budget
+    from autopar.solver.plan import IlpStats
 
     start = time.perf_counter()
     budget = float(cluster.memory_per_device if memory_budget is None else memory_budget)
     sg = strategy_graph
-    memory = MemoryModel(sg, optimizer)
-    red = reduce(sg, merge=merge, share=share)
+    memory = memory if memory is not None else MemoryModel(sg, optimizer)
+    red = reduction if reduction is not None else reduce(sg, merge=merge, share=share)
     backend, backend_name = _solver(solver, time_limit)
     if memory.bound(upper=False) > budget * (1 + 1e-9):
         smallest, note = min_budget(sg, red, memory, backend, restrict)
@@ -233,8 +237,9 @@ def solve(strategy_graph: StrategyGraph, cluster: ClusterInfo, *, memory_budget:
         raise AutoparError(f"{backend_name} found no plan within time_limit={time_limit} s "
                            f"(status {STATUS.get(status, status)}); raise time_limit or the memory budget")
     choice = red.choice(ilp.values())
-    stats = {"nodes": len(sg.nodes), "owners": len(ilp.x), "merged": red.merged, "tied": red.tied,
-             "repeats": red.repeats, "variables": ilp.num_variables(), "memory_rows": rows,
-             "constraints": ilp.prob.numConstraints(), "sol_status": status, "optimizer": optimizer}
+    stats = IlpStats(nodes=len(sg.nodes), owners=len(ilp.x), merged=red.merged, tied=red.tied, repeats=red.repeats,
+                     variables=ilp.num_variables(), memory_rows=rows, constraints=ilp.prob.numConstraints(),
+                     sol_status=status, optimizer=memory.optimizer,
+                     objective=float(pulp.value(ilp.prob.objective) or 0.0) / US if ilp.x else 0.0)
     return plan_from_choice(sg, cluster, choice, memory.peak(choice), budget, backend_name,
                             STATUS.get(status, str(status)), time.perf_counter() - start, stats)

@@ -41,37 +41,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from autopar.solver.build import StrategyGraph, _edge_meta
-from autopar.solver.cost_model import local_bytes
+from autopar.solver.cost_model import OPTIMIZERS, local_bytes, state_factors
+from autopar.tracer.ops import Prop, has
 
-OPTIMIZERS = {"adamw": 2, "adam": 2, "sgd_momentum": 1, "sgd": 0}
-ALIAS_OPS = frozenset({"view", "permute", "expand", "slice", "split", "getitem", "device", "getattr"})
 CATEGORIES = ("params", "grads", "optimizer", "activations", "temporaries")
-_HALF = (torch.float16, torch.bfloat16)
 
 
-def state_factors(dtype: torch.dtype, optimizer: str) -> tuple[float, float, float]:
-    """(param, grad, optimizer state) bytes per element of a trainable parameter of ``dtype``."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
-    size = torch.empty((), dtype=dtype).element_size()
-    states = OPTIMIZERS[optimizer]
-    opt = 4.0 * (states + 1) if dtype in _HALF else float(size * states)
-    return float(size), float(size), opt
-
-
-@dataclass(frozen=True)
-class MemoryPeak:
-    """The peak of one plan: bytes per device, the step where it occurs, and its breakdown."""
+@dataclass(frozen=True, slots=True)
+class MemoryBreakdown:
+    """Bytes per device at one step of the schedule (the peak): what each category holds there."""
 
     peak: float
-    step: str  # "forward %name" or "backward %name"
-    breakdown: dict  # category -> bytes at the peak step (sums to peak)
+    step: str  # "forward %name", "recompute %name" or "backward %name"
+    params: float = 0.0
+    grads: float = 0.0
+    optimizer: float = 0.0
+    activations: float = 0.0
+    temporaries: float = 0.0
+
+    @property
+    def state(self) -> float:
+        """Parameter, gradient and optimizer bytes: what activations cannot use."""
+        return self.params + self.grads + self.optimizer
 
     def to_json(self) -> dict:
-        return {"peak": self.peak, "step": self.step, **self.breakdown}
+        return {"peak": self.peak, "step": self.step, **{c: getattr(self, c) for c in CATEGORIES}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> MemoryBreakdown:
+        return cls(data.get("peak", 0.0), data.get("step", "-"), **{c: data.get(c, 0.0) for c in CATEGORIES})
 
 
 class MemoryModel:
@@ -113,7 +113,7 @@ class MemoryModel:
                 continue
             if v.op != "placeholder":
                 self.saved[k] = np.array([s.memory for s in strategies])
-            if op not in ALIAS_OPS:
+            if not has(op, Prop.VIEW | Prop.META):  # views and metadata reads hold no new bytes
                 self.out[k] = np.array([local_bytes(tm, s.output, mesh) for s in strategies])
             metas = [t for t in tm if t is not None] if isinstance(tm, tuple) and not hasattr(tm, "shape") else [tm]
             self.needs_grad[k] = any(t.requires_grad for t in metas)
@@ -177,14 +177,14 @@ class MemoryModel:
             self._index = {v: k for k, v in enumerate(self.sg.nodes)}
         return self._index[node]
 
-    def peak(self, choice) -> MemoryPeak:
+    def peak(self, choice) -> MemoryBreakdown:
         """The peak over every step of the schedule, with the breakdown at that step."""
         prof = self.profile(choice)
         total = sum(prof.values())
         at = int(np.argmax(total))
         n = len(self.names)
         step = f"forward %{self.names[at]}" if at < n else f"backward %{self.names[2 * n - 1 - at]}"
-        return MemoryPeak(float(total[at]), step, {c: float(prof[c][at]) for c in CATEGORIES})
+        return MemoryBreakdown(float(total[at]), step, **{c: float(prof[c][at]) for c in CATEGORIES})
 
     def step_bounds(self, upper: bool) -> tuple[np.ndarray, np.ndarray]:
         """Per step, a bound on M(f_t) and M(b_t) over all plans: every term at its largest (smallest)."""
@@ -214,10 +214,6 @@ class MemoryModel:
         fwd, bwd = self.step_bounds(upper)
         return float(max(fwd.max(initial=0.0), bwd.max(initial=0.0)))
 
-    def replicated_state(self) -> float:
-        """Parameter + gradient + optimizer bytes of the fully replicated model (strategy 0 is all-replicate)."""
-        return float(sum(p[0] + g[0] + o[0] for p, g, o in zip(self.param, self.grad, self.opt)))
-
 
 def _param_rooted(node, graph_nodes) -> bool:
     """Whether ``node``'s output lives in a parameter's or buffer's storage (it or a view of it)."""
@@ -232,11 +228,4 @@ def _saves_input(node, arg) -> bool:
     return storage is not None and own is not None and bool(set(own.roots) & set(storage.saves))
 
 
-def human_breakdown(peak: MemoryPeak) -> str:
-    from autopar.report.text import human_bytes
-
-    parts = ", ".join(f"{c} {human_bytes(peak.breakdown[c])}" for c in CATEGORIES)
-    return f"{parts} (at {peak.step})"
-
-
-__all__ = ["MemoryModel", "MemoryPeak", "OPTIMIZERS", "state_factors", "CATEGORIES"]
+__all__ = ["MemoryModel", "MemoryBreakdown", "OPTIMIZERS", "state_factors", "CATEGORIES"]

@@ -15,8 +15,8 @@ reads::
 
 and each piece's weight may be split on its own, heads and all. The pieces are parameters of
 the traced module named ``<weight>_piece<i>``, views of the original weight's columns (so the
-traced forward still equals the model's), and carry ``meta["param_piece"] = (original name, dim,
-start, stop)``: the per-rank module stores them apart and ``full_state_dict``/``full_grads``
+traced forward still equals the model's), and carry ``meta["param_piece"] = FusedPiece(original name,
+dim, start, stop)``: the per-rank module stores them apart and ``full_state_dict``/``full_grads``
 join them back under the original name.
 
 Only the unambiguous form is rewritten: the weight and bias are used once and not tied, the
@@ -26,9 +26,19 @@ the output-feature dim.
 from __future__ import annotations
 
 import operator
+from typing import NamedTuple
 
 import torch
 import torch.fx as fx
+
+
+class FusedPiece(NamedTuple):
+    """``meta["param_piece"]``: this weight is ``original[start:stop]`` along ``dim`` of a fused projection."""
+
+    original: str
+    dim: int
+    start: int
+    stop: int
 
 
 def split_fused_projections(gm: fx.GraphModule) -> int:
@@ -103,7 +113,7 @@ def _get_piece(gm, graph: fx.Graph, node: fx.Node, dim: int, start: int, stop: i
     new.meta["val"] = node.meta["val"].narrow(dim, start, stop - start)
     new.meta["param"] = f"{name}_piece{i}"
     new.meta["param_aliases"] = (new.meta["param"],)
-    new.meta["param_piece"] = (name, dim, start, stop)
+    new.meta["param_piece"] = FusedPiece(name, dim, start, stop)
     return new
 
 

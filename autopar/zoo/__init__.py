@@ -83,6 +83,38 @@ def lm_inputs(batch: int, seq: int, vocab: int, device, labels: bool = True) -> 
     return inputs
 
 
+def resize_inputs(inputs, *, batch: int | None = None, seq: int | None = None):
+    """``inputs`` with every tensor's batch (dim 0) set to ``batch`` and every token tensor's sequence
+    (dim 1 of an integer tensor) set to ``seq``; values are empty on meta, random ids or normals otherwise."""
+    if batch is None and seq is None:
+        return inputs
+    for value, what in ((batch, "batch"), (seq, "seq")):
+        if value is not None and value < 1:
+            raise AutoparError(f"{what} must be a positive integer, got {value}")
+
+    def resize(t):
+        if not isinstance(t, torch.Tensor) or t.dim() == 0:
+            return t
+        shape = list(t.shape)
+        shape[0] = batch or shape[0]
+        if seq is not None and t.dim() >= 2 and not t.is_floating_point():
+            shape[1] = seq
+        if t.is_meta:
+            return torch.empty(shape, dtype=t.dtype, device="meta")
+        if t.is_floating_point():
+            return torch.randn(shape, dtype=t.dtype, device=t.device)
+        return torch.randint(0, int(t.max()) + 1, shape, dtype=t.dtype, device=t.device)
+
+    if isinstance(inputs, dict):
+        out = {k: resize(v) for k, v in inputs.items()}
+        if "labels" in out and "input_ids" in out and inputs["labels"] is inputs["input_ids"]:
+            out["labels"] = out["input_ids"]  # the same tensor, as the model was given it
+        return out
+    if isinstance(inputs, tuple):
+        return tuple(resize(v) for v in inputs)
+    return resize(inputs)
+
+
 @register("mlp", ["tiny", "small", "wide"], "small")
 def _mlp(size: str, device):
     hidden, batch = {"tiny": (64, 32), "small": (64, 1024), "wide": (4096, 8)}[size]

@@ -72,12 +72,12 @@ def test_budget_below_replicated_state_shards_parameters_and_optimizer_state():
     free = autopar.plan(model, H100, inputs)
     n_params = sum(p.numel() for p in model.parameters())
     state = n_params * 4 * 4  # fp32 parameter + gradient + AdamW's two moments, replicated
-    assert free.memory["params"] == pytest.approx(n_params * 4, rel=0.01)  # the free plan replicates
+    assert free.memory.params == pytest.approx(n_params * 4, rel=0.01)  # the free plan replicates
     budget = 0.7 * state
     plan = autopar.plan(model, H100, inputs, memory_budget=budget)
     assert plan.peak_memory <= budget * (1 + 1e-9)
-    assert plan.memory["params"] <= free.memory["params"] / 2
-    assert plan.memory["optimizer"] <= free.memory["optimizer"] / 2
+    assert plan.memory.params <= free.memory.params / 2
+    assert plan.memory.optimizer <= free.memory.optimizer / 2
     for layer in range(4):
         block = specs(plan, f"transformer_h_{layer}_")
         assert block["mlp_c_fc_weight"] != "RR" and block["mlp_c_proj_weight"] != "RR", block

@@ -53,7 +53,7 @@ def test_merged_and_shared_ilp_against_the_unmerged_optimum(gpt2_gm, tight):
     merged = solve(sg, CPU2x2, memory_budget=budget, share=False)
     reduced = solve(sg, CPU2x2, memory_budget=budget)
     assert full.status == merged.status == reduced.status == "optimal"
-    assert reduced.stats["variables"] < merged.stats["variables"] < full.stats["variables"]
+    assert reduced.stats.variables < merged.stats.variables < full.stats.variables
     assert merged.step_time == pytest.approx(full.step_time, rel=1e-6)
     if tight:
         assert full.step_time * (1 - 1e-6) <= reduced.step_time <= full.step_time * 1.02
@@ -86,7 +86,7 @@ def test_time_limited_solve_is_not_presented_as_optimal(monkeypatch, gpt2_gm):
 
     monkeypatch.setattr(ilp_module, "run_solver", stopped_by_time_limit)
     plan = solve(sg, CPU2x2, time_limit=0.5)
-    assert plan.status == "feasible (time limit)" and plan.stats["sol_status"] == 2
+    assert plan.status == "feasible (time limit)" and plan.stats.sol_status == 2
     assert "feasible (time limit)" in plan.report() and "optimal" not in plan.report().splitlines()[1]
 
 

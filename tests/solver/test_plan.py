@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from autopar import ClusterInfo
 from autopar.solver.build import build_strategies
 from autopar.solver.ilp import solve
@@ -37,14 +39,20 @@ def test_report_reads_like_the_strategies():
     row = plan.row("linear")
     assert str(row.strategy) in plan.report()
     assert plan.to_json()["rows"][[r.name for r in plan.rows].index("linear")]["strategy"] == str(row.strategy)
-    assert abs(plan.step_time - (plan.compute_time + plan.comm_time)) < 1e-12
 
 
-def test_save_load_round_trip(tmp_path, gpt2_gm):
+
+def test_step_time_is_the_solvers_objective(gpt2_gm):
+    # the plan's rows are priced from the chosen strategies and edges; the ILP's objective is priced
+    # from its variables and merged/tied owners: the two must agree
+    for plan in (_gpt2_plan(gpt2_gm), solve(build_strategies(traced_mlp(8, 64), CPU2x2), CPU2x2)):
+        assert plan.stats.objective > 0
+        assert plan.step_time == pytest.approx(plan.stats.objective, rel=1e-6)
+
+
+def test_json_round_trip(gpt2_gm):
     plan = _gpt2_plan(gpt2_gm)
-    path = tmp_path / "plan.json"
-    plan.save(path)
-    loaded = ShardingPlan.load(path)
+    loaded = ShardingPlan.from_json(json.loads(json.dumps(plan.to_json(), allow_nan=False)))
     assert loaded == plan
     assert loaded.to_json() == plan.to_json()
     for row in plan.rows:

@@ -40,7 +40,7 @@ def op_key(node: fx.Node) -> str:
         node.op, str(getattr(node.target, "__name__", node.target)))
 
 
-def strategies_for(node: fx.Node, cluster: ClusterInfo) -> list[Strategy]:
+def strategies_for(node: fx.Node, cluster: ClusterInfo, optimizer: str = "adamw") -> list[Strategy]:
     """Every strategy of ``node`` on ``cluster``'s mesh, priced, all-replicate first, no duplicates."""
     inputs = node.all_input_nodes
     if node.op == "output":  # everything leaves whole: R for each tensor input
@@ -65,7 +65,7 @@ def strategies_for(node: fx.Node, cluster: ClusterInfo) -> list[Strategy]:
     for specs in expand(node, options, cluster.mesh_shape):
         if check is not None and not check(node, specs, cluster.mesh_shape):
             continue
-        strategies.append(cost_model.price(node, specs[0], specs[1:], cluster))
+        strategies.append(cost_model.price(node, specs[0], specs[1:], cluster, optimizer))
     return strategies
 
 
@@ -98,14 +98,14 @@ def _signature(node: fx.Node):
     return key
 
 
-def memoised_strategies(node: fx.Node, cluster: ClusterInfo, memo: dict) -> list[Strategy]:
-    """``strategies_for(node, cluster)``, computed once per distinct ``_signature`` in ``memo``."""
+def memoised_strategies(node: fx.Node, cluster: ClusterInfo, memo: dict, optimizer: str = "adamw") -> list[Strategy]:
+    """``strategies_for(node, cluster, optimizer)``, computed once per distinct ``_signature`` in ``memo``."""
     key = _signature(node) if node.op not in ("placeholder", "output") else None
     if key is None:
-        return strategies_for(node, cluster)
+        return strategies_for(node, cluster, optimizer)
     hit = memo.get(key)
     if hit is None:
-        hit = memo[key] = (strategies_for(node, cluster), node.meta.get("fallback", False))
+        hit = memo[key] = (strategies_for(node, cluster, optimizer), node.meta.get("fallback", False))
     node.meta.pop("fallback", None)
     if hit[1]:
         node.meta["fallback"] = True

@@ -1,0 +1,92 @@
+"""PlanOptions: every choice a user makes about a plan, one frozen record behind ``plan`` and ``autoparallelize``.
+
+    autopar.plan(model, cluster, inputs, memory_budget=40 * 2**30, checkpoint="auto")
+    autopar.autoparallelize(model, cluster, inputs, memory_budget=40 * 2**30, checkpoint="auto")
+
+take the same keyword options and build the same ``PlanOptions``; the ``Plan`` records it, so a
+saved plan says how it was made. Options are validated here, once, with errors that say what to do.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from autopar.errors import AutoparError
+
+OPTIMIZERS = ("adamw", "adam", "sgd_momentum", "sgd")
+CHECKPOINT_MODES = (None, "none", "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOptions:
+    """How to plan.
+
+    - ``memory_budget``: bytes per device the plan must fit (None: the cluster's device memory).
+    - ``optimizer``: the optimizer whose state the memory model counts (adamw, adam, sgd_momentum, sgd).
+    - ``checkpoint``: activation checkpointing. None (default): only when no sharding plan fits the
+      budget by itself; "none": never; "auto": also when the fastest plan plus recomputation beats
+      the fitted one; a tuple of module names: exactly those modules, each one region.
+    - ``time_limit``: seconds for each ILP solve.
+    - ``kernels``: swap in autopar's Triton kernels at run time (None: on CUDA only).
+    """
+
+    memory_budget: float | None = None
+    optimizer: str = "adamw"
+    checkpoint: str | tuple[str, ...] | None = None
+    time_limit: float = 60.0
+    kernels: bool | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.checkpoint, list):
+            object.__setattr__(self, "checkpoint", tuple(self.checkpoint))
+        budget = self.memory_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                   or not budget > 0 or math.isnan(budget)):
+            raise AutoparError(f"memory_budget must be a positive number of bytes per device (or None for the "
+                               f"device's memory), got {budget!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise AutoparError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+        ckpt = self.checkpoint
+        modules = isinstance(ckpt, tuple) and ckpt and all(isinstance(n, str) for n in ckpt)
+        if not (ckpt in CHECKPOINT_MODES or modules):
+            raise AutoparError(f"checkpoint must be None, 'none', 'auto' or a list of module names, got {ckpt!r}")
+        if not (isinstance(self.time_limit, (int, float)) and self.time_limit > 0):
+            raise AutoparError(f"time_limit must be a positive number of seconds, got {self.time_limit!r}")
+        if self.kernels not in (None, True, False):
+            raise AutoparError(f"kernels must be None (on CUDA only), True or False, got {self.kernels!r}")
+
+    @classmethod
+    def of(cls, options: PlanOptions | None = None, **kwargs) -> PlanOptions:
+        """``options`` with ``kwargs`` applied (unknown names raise, naming the known ones)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown planning option(s) {', '.join(unknown)}; "
+                            f"the options are {', '.join(sorted(known))}")
+        base = asdict(options) if options is not None else {}
+        return cls(**{**base, **kwargs})
+
+    def budget(self, cluster) -> float:
+        """Bytes per device the plan must fit."""
+        return float(cluster.memory_per_device if self.memory_budget is None else self.memory_budget)
+
+    def differences(self, other: PlanOptions) -> list[str]:
+        """``name: this -> other`` for every option that differs."""
+        return [f"{f.name}: {getattr(self, f.name)!r} -> {getattr(other, f.name)!r}" for f in fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)]
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        if isinstance(self.checkpoint, tuple):
+            data["checkpoint"] = list(self.checkpoint)
+        if self.memory_budget == math.inf:
+            data["memory_budget"] = "inf"  # no budget (JSON has no infinity)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> PlanOptions:
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        if data.get("memory_budget") == "inf":
+            data["memory_budget"] = math.inf
+        return cls(**data)

@@ -1,0 +1,223 @@
+"""plan_graph: a traced graph, a cluster and PlanOptions -> the Plan that will run.
+
+Stage 1 (the sharding ILP, ``ilp.solve``) and stage 2 (activation checkpointing, ``checkpoint``)
+on one account of memory (``timeline``): a plan fits when its Timeline's peak, with its
+recomputation schedule, is within the budget. ``checkpoint``:
+
+- ``"none"``: stage 1 alone, at the budget.
+- ``None`` (default): stage 1's plan at the budget when it fits; otherwise stage 2 on stage 1's
+  candidates and the fastest that fits wins.
+- ``"auto"``: stage 2's candidates are weighed even when stage 1's plan fits alone.
+- module names: stage 1 at the budget, those modules recomputed.
+
+Stage 2's candidates are the plan stage 1 fits to the budget, the fastest plan (no budget) and,
+when neither fits with recomputation, the plan needing least memory (solved at stage 1's smallest
+budget). The last two do not depend on the budget, so the smallest budget an error states (the
+least peak any schedule of either reaches) fits when planned again: at that budget the same plan
+and schedule are among the candidates.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+
+import torch.fx as fx
+
+from autopar.cluster import ClusterInfo
+from autopar.errors import AutoparError, InfeasibleBudgetError
+from autopar.options import PlanOptions
+from autopar.solver.checkpoint import CheckpointPlan, chain_of, forward_time, module_regions, plan_checkpoints
+from autopar.solver.checkpoint_dp import min_peak, no_checkpoint
+from autopar.solver.checkpoint_saved import saved_storages
+from autopar.solver.full_plan import Plan, graph_fingerprint, input_specs
+from autopar.solver.plan import ShardingPlan, choice_of
+from autopar.solver.timeline import Timeline, background, simulate
+
+INF = float("inf")
+
+
+@contextlib.contextmanager
+def stage(say, name: str):
+    """Say ``name ...`` when a stage starts and ``name: 1.23 s`` when it ends."""
+    say(f"{name} ...")
+    t0 = time.perf_counter()
+    yield
+    say(f"{name}: {time.perf_counter() - t0:.2f} s")
+
+
+def _bytes(n: float) -> str:
+    from autopar.report.text import human_bytes
+
+    return "no budget" if n == INF else human_bytes(n)
+
+
+class Planner:
+    """One traced graph's strategies, memory model and ILP reductions, solved at as many budgets as asked."""
+
+    def __init__(self, gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=lambda line: None,
+                 strategy_graph=None):
+        from autopar.solver.build import build_strategies
+        from autopar.solver.memory import MemoryModel
+        from autopar.solver.merge import reduce
+
+        self.gm, self.cluster, self.options, self.say = gm, cluster, options, say
+        self.sg = strategy_graph
+        if self.sg is None:
+            with stage(say, f"strategies for {len(gm.graph.nodes)} nodes"):
+                self.sg = build_strategies(gm, cluster, optimizer=options.optimizer, bar=getattr(say, "bar", None))
+        self.mm = MemoryModel(self.sg, options.optimizer)
+        self.red = reduce(self.sg)
+        self._solved: dict[float, ShardingPlan | InfeasibleBudgetError] = {}
+        self._smallest: float | None = None
+        self._accounts: dict[int, tuple] = {}
+
+    # ---- stage 1 --------------------------------------------------------------------------
+    def solve(self, budget: float) -> ShardingPlan:
+        """Stage 1 at ``budget`` bytes per device (INF: none); raises InfeasibleBudgetError."""
+        from autopar.solver.ilp import solve
+
+        if budget not in self._solved:
+            try:
+                with stage(self.say, f"ILP at {_bytes(budget)} per device (time limit {self.options.time_limit:g} s)"):
+                    self._solved[budget] = solve(self.sg, self.cluster, memory_budget=budget,
+                                                 time_limit=self.options.time_limit, optimizer=self.options.optimizer,
+                                                 memory=self.mm, reduction=self.red)
+            except InfeasibleBudgetError as err:
+                self._solved[budget] = err
+                self._smallest = err.min_budget
+        result = self._solved[budget]
+        if isinstance(result, InfeasibleBudgetError):
+            raise result
+        return result
+
+    def try_solve(self, budget: float) -> ShardingPlan | None:
+        try:
+            return self.solve(budget)
+        except InfeasibleBudgetError:
+            return None
+
+    def leanest(self) -> ShardingPlan:
+        """The plan needing least memory by stage 1's account: solved at its smallest budget."""
+        if self._smallest is None:
+            self.try_solve(0.0)  # always infeasible: the error states stage 1's smallest budget
+        return self.solve(self._smallest)
+
+    # ---- one plan's memory ---------------------------------------------------------------------
+    def _account(self, sharding: ShardingPlan):
+        key = id(sharding)
+        if key not in self._accounts:
+            of = sharding.strategy_lookup()
+            choice = choice_of(self.sg, sharding)
+            self._accounts[key] = (sharding, of, choice, saved_storages(self.gm, self.cluster.mesh_shape, of))
+        return self._accounts[key][1:]
+
+    def timeline(self, sharding: ShardingPlan, regions=()) -> Timeline:
+        of, choice, saves = self._account(sharding)
+        return simulate(self.gm, self.mm, choice, of, saves, tuple(regions))
+
+    def chain(self, sharding: ShardingPlan):
+        of, choice, _saves = self._account(sharding)
+        return chain_of(self.gm, self.cluster.mesh_shape, of, background(self.mm, choice))
+
+
+@dataclasses.dataclass
+class _Candidate:
+    sharding: ShardingPlan
+    checkpoint: CheckpointPlan | None
+    timeline: Timeline
+    label: str
+
+    @property
+    def time(self) -> float:
+        return self.sharding.step_time + (self.checkpoint.extra_time if self.checkpoint is not None else 0.0)
+
+
+def plan_graph(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=lambda line: None) -> Plan:
+    """The Plan for ``gm`` (a traced graph) on ``cluster`` under ``options`` (module docstring)."""
+    planner = Planner(gm, cluster, options, say)
+    budget = options.budget(cluster)
+    chosen, notes = _choose(planner, budget, options.checkpoint)
+    return Plan(chosen.sharding, chosen.checkpoint, options, cluster, graph_fingerprint(gm), input_specs(gm),
+                chosen.timeline, budget, tuple(notes))
+
+
+def _choose(planner: Planner, budget: float, mode) -> tuple[_Candidate, list[str]]:
+    if isinstance(mode, tuple):
+        return _user_regions(planner, budget, mode), [f"checkpoint: the {len(mode)} module(s) asked for"]
+    fitted = planner.solve(budget) if mode == "none" else planner.try_solve(budget)
+    notes: list[str] = []
+    found: list[_Candidate] = []
+    if fitted is not None:
+        timeline = planner.timeline(fitted)
+        if timeline.peak <= budget:
+            found.append(_Candidate(fitted, None, timeline, "the plan fitted to the budget"))
+            if mode != "auto":
+                return found[0], notes
+        elif mode == "none":
+            raise AutoparError(
+                f"the sharding plan fitted to the budget of {_bytes(budget)} holds {_bytes(timeline.peak)} per device "
+                f"at {timeline.breakdown()['step']} once every saved copy is counted (stage 1's account: "
+                f"{_bytes(fitted.peak_memory)}); allow activation checkpointing (checkpoint=None or 'auto') or raise "
+                f"memory_budget")
+    if mode == "none":
+        return found[0], notes
+    smallest: dict[str, float] = {}
+    if fitted is not None and not found:
+        _with_checkpoints(planner, fitted, budget, "the plan fitted to the budget", found, smallest)
+    fastest = planner.solve(INF)
+    if fitted is None or fastest.step_time < fitted.step_time or not found:
+        _with_checkpoints(planner, fastest, budget, "the fastest plan", found, smallest, try_plain=True)
+    if not found:
+        _with_checkpoints(planner, planner.leanest(), budget, "the plan needing least memory", found, smallest)
+    if not found:
+        least = min(v for k, v in smallest.items() if k != "the plan fitted to the budget")
+        raise InfeasibleBudgetError(budget, math.ceil(least), detail="(with activation checkpointing)")
+    for c in found:
+        notes.append(f"{c.label}: {c.time * 1e3:.3f} ms per step, {len(c.checkpoint.regions) if c.checkpoint else 0} "
+                     f"recomputed region(s), peak {_bytes(c.timeline.peak)}")
+    best = min(found, key=lambda c: (c.time, c.timeline.peak))
+    notes.append(f"chosen: {best.label}")
+    return best, notes
+
+
+def _with_checkpoints(planner: Planner, sharding: ShardingPlan, budget: float, label: str, found: list,
+                      smallest: dict, try_plain: bool = False) -> None:
+    """Add ``sharding`` to ``found`` as it is (``try_plain``) or with the least recomputation that fits;
+    record in ``smallest`` the least peak any schedule of it reaches."""
+    if try_plain:
+        timeline = planner.timeline(sharding)
+        if timeline.peak <= budget:
+            found.append(_Candidate(sharding, None, timeline, label))
+            smallest[label] = timeline.peak
+            return
+    with stage(planner.say, f"stage 2 (checkpointing) on {label}"):
+        stages, chain = planner.chain(sharding)
+        try:
+            ckpt = plan_checkpoints(stages, chain, budget)
+        except InfeasibleBudgetError:
+            smallest[label] = min_peak(chain)
+            return
+    timeline = planner.timeline(sharding, ckpt.regions)
+    if timeline.peak > budget:  # the chain is conservative; this would be a bug in one of the two accounts
+        raise AutoparError(f"internal: stage 2's schedule for {label} peaks at {_bytes(ckpt.peak_after)} by its chain "
+                           f"but {_bytes(timeline.peak)} on the timeline; please report this model")
+    ckpt = dataclasses.replace(ckpt, kept=timeline.kept(), peak_before=no_checkpoint(chain).peak)
+    found.append(_Candidate(sharding, ckpt if ckpt.regions else None, timeline, label))
+
+
+def _user_regions(planner: Planner, budget: float, modules: tuple[str, ...]) -> _Candidate:
+    sharding = planner.solve(budget)
+    regions = module_regions(planner.gm, modules)
+    of = sharding.strategy_lookup()
+    by_name = {n.name: n for n in planner.gm.graph.nodes}
+    before, timeline = planner.timeline(sharding), planner.timeline(sharding, regions)
+    extra = sum(forward_time([by_name[n] for n in region], of) for region in regions)
+    ckpt = CheckpointPlan(regions, len(regions), extra, before.kept() - timeline.kept(), before.peak, timeline.peak,
+                          budget, timeline.kept())
+    if timeline.peak > budget:
+        raise AutoparError(f"with the modules {', '.join(modules)} recomputed the plan holds {_bytes(timeline.peak)} "
+                           f"per device, above the budget of {_bytes(budget)}; name more modules, let autopar choose "
+                           f"(checkpoint=None or 'auto'), or raise memory_budget")
+    return _Candidate(sharding, ckpt, timeline, "the modules asked for")

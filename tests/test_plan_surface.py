@@ -1,0 +1,172 @@
+"""One planning surface: ``autopar.plan`` returns the Plan that will run, with checkpointing, and it saves,
+loads and refuses what it was not made for. (Tier 1: no process group; ``test_checkpointing.py`` runs the
+same plans on a 2x2 gloo mesh.)"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import pathlib
+import re
+
+import pytest
+import torch
+
+import autopar
+from autopar import zoo
+from autopar.errors import AutoparError, InfeasibleBudgetError
+from autopar.options import PlanOptions
+from autopar.solver.full_plan import PlanMismatchError
+from autopar.tracer import trace
+
+INF = float("inf")
+
+
+def _gpt2_small(batch: int = 32, seq: int = 1024):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(GPT2Config())
+    ids = torch.empty(batch, seq, dtype=torch.long, device="meta")
+    return model, {"input_ids": ids, "labels": ids, "use_cache": False}
+
+
+def test_gpt2_small_plans_under_every_budget_with_checkpointing():
+    model, inputs = _gpt2_small()
+    cluster = autopar.ClusterInfo.preset("8xH100")
+    free = autopar.plan(model, cluster, inputs, memory_budget=INF)
+    assert not free.regions
+    smallest = None
+    for f in (1.0, 0.6, 0.4, 0.25):
+        budget = f * free.peak_memory
+        try:
+            plan = autopar.plan(model, cluster, inputs, memory_budget=budget, checkpoint="auto")
+        except InfeasibleBudgetError as err:
+            assert f < 0.4, f"{f}: {err}"
+            assert "with activation checkpointing" in str(err) and err.min_budget > budget
+            smallest = err.min_budget
+            continue
+        assert plan.peak_memory <= budget, f
+        if f < 1.0:
+            assert plan.regions and "ckpt_0" in plan.report(), f
+            assert plan.step_time > plan.sharding.step_time  # recomputation is priced
+    assert smallest is not None, "a quarter of the unconstrained peak should need more than checkpointing"
+    again = autopar.plan(model, cluster, inputs, memory_budget=smallest, checkpoint="auto")
+    assert again.peak_memory <= smallest
+
+
+# tiny zoo models on a mesh of 2 CPU "devices" (tight budgets make the ILP of a 2x2 mesh slow: 30 s a solve)
+TINY = ["gpt2", "llama", "mistral", "qwen2", "opt", "gpt_neox", "bert", "t5", "bart", "vit", "timm:resnet50",
+        "timm:convnext_tiny"]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_every_budget_between_the_smallest_and_the_free_peak_plans(name):
+    """Every "smallest budget that fits" an error states fits when planned again, and every budget from it
+    up to the unconstrained plan's peak plans with its peak under the budget, stage 1's own smallest too
+    (which the default checkpoint=None must accept: stage 2 counts gradients as stage 1 does)."""
+    size = "tiny"
+    model, inputs = zoo.build(name, size, device="meta")
+    cluster = autopar.ClusterInfo.preset("cpu:2")
+    free = autopar.plan(model, cluster, inputs, memory_budget=INF).peak_memory
+    with pytest.raises(InfeasibleBudgetError) as info:
+        autopar.plan(model, cluster, inputs, memory_budget=1.0)
+    smallest = info.value.min_budget
+    with pytest.raises(InfeasibleBudgetError) as stage1:
+        autopar.plan(model, cluster, inputs, memory_budget=1.0, checkpoint="none")
+    # stage 1's own smallest budget plans too, unless the exact account of its plan holds more than the ILP's
+    # (two savers of one activation keeping two resharded copies): then the stated smallest is above it
+    budgets = [smallest, max(smallest, stage1.value.min_budget)]
+    budgets += [smallest + f * (free - smallest) for f in (0.25, 0.5, 0.75)]
+    for budget in budgets:
+        plan = autopar.plan(model, cluster, inputs, memory_budget=budget)
+        assert plan.peak_memory <= budget, f"{name} at {budget:.0f}: peak {plan.peak_memory:.0f}"
+
+
+def test_a_llama_8b_in_bf16_on_64_h100s_plans_with_checkpointing():
+    model, inputs = zoo.build("llama", "8b", device="meta")
+    model = model.to(torch.bfloat16)
+    inputs = zoo.resize_inputs(inputs, batch=32, seq=2048)
+    cluster = autopar.ClusterInfo.preset("64xH100")
+    with pytest.raises(InfeasibleBudgetError):  # sharding alone does not fit the device
+        autopar.plan(model, cluster, inputs, checkpoint="none")
+    plan = autopar.plan(model, cluster, inputs)  # checkpoint=None: recompute where the budget needs it
+    assert plan.regions and plan.peak_memory <= cluster.memory_per_device
+
+
+def test_a_saved_plan_loads_equal_and_refuses_another_model(tmp_path):
+    model, inputs = zoo.build("gpt2", "tiny", device="meta")
+    cluster = autopar.ClusterInfo.preset("cpu:2x2")
+    plan = autopar.plan(model, cluster, inputs, memory_budget=INF, checkpoint=["transformer.h.0"])
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    data = json.loads(path.read_text())
+    assert data["format"] == "autopar.plan" and data["version"] == 1 and data["fingerprint"] == plan.fingerprint
+    assert data["options"]["checkpoint"] == ["transformer.h.0"]
+    loaded = autopar.load_plan(path)
+    assert loaded.to_json() == plan.to_json()
+    assert loaded.regions == plan.regions and loaded.peak_memory == plan.peak_memory
+    loaded.check_matches(trace(model, inputs), cluster)  # the graph it was made for
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with torch.device("meta"):
+        wider = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=128, n_positions=64))
+    with pytest.raises(PlanMismatchError, match="traced graph differs.*transformer_wte_weight"):
+        loaded.check_matches(trace(wider, inputs), cluster)
+    with pytest.raises(PlanMismatchError, match="mesh_shape"):
+        loaded.check_matches(trace(model, inputs), autopar.ClusterInfo.preset("cpu:4"))
+    (tmp_path / "bad.json").write_text(json.dumps(dict(data, version=99)))
+    with pytest.raises(AutoparError, match="format version 99"):
+        autopar.load_plan(tmp_path / "bad.json")
+
+
+def test_plan_and_autoparallelize_take_the_same_options():
+    def keywords(fn):
+        return {n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+    fields = set(PlanOptions.__dataclass_fields__)
+    assert {"memory_budget", "optimizer", "checkpoint", "time_limit", "kernels"} <= fields
+    assert keywords(autopar.plan) - {"progress"} == keywords(autopar.autoparallelize) - {"progress", "plan"} == set()
+    model, inputs = zoo.build("mlp", "tiny", device="meta")
+    cluster = autopar.ClusterInfo.preset("cpu:2")
+    with pytest.raises(TypeError, match="unknown planning option.*memory_bugdet"):
+        autopar.plan(model, cluster, inputs, memory_bugdet=1e9)
+    with pytest.raises(AutoparError, match="unknown optimizer"):
+        autopar.plan(model, cluster, inputs, optimizer="lion")
+    with pytest.raises(AutoparError, match="checkpoint must be"):
+        autopar.plan(model, cluster, inputs, checkpoint="always")
+    with pytest.raises(AutoparError, match="no op of the traced graph belongs to module 'fc9'"):
+        autopar.plan(model, cluster, inputs, checkpoint=["fc9"])
+    sgd = autopar.plan(model, cluster, inputs, optimizer="sgd")
+    assert sgd.options.optimizer == "sgd" and sgd.memory.optimizer == 0
+
+
+def test_one_model_of_parameter_state():
+    """The strategy's memory (the report's column), the ILP's liveness and the plan's peak breakdown count the
+    same parameter, gradient and optimizer bytes, for fp32 and bf16 weights."""
+    # (param, grad, optimizer) bytes per element: fp32 + AdamW 4 + 4 + 8; bf16: 2 + 2 + (4 master + 8 moments)
+    for dtype, factors in ((torch.float32, (4, 4, 8)), (torch.bfloat16, (2, 2, 12))):
+        model, inputs = zoo.build("mlp", "tiny", device="meta")
+        model = model.to(dtype)
+        inputs = tuple(t.to(dtype) for t in inputs)
+        plan = autopar.plan(model, autopar.ClusterInfo.preset("cpu:1"), inputs)
+        n = sum(p.numel() for p in model.parameters())
+        assert sum(r.memory for r in plan.rows if r.op == "param") == pytest.approx(n * sum(factors))
+        for breakdown in (plan.memory, plan.sharding.memory):  # the Timeline's peak and the ILP's
+            assert breakdown.params == pytest.approx(n * factors[0])
+            assert breakdown.optimizer == pytest.approx(n * factors[2])
+            assert breakdown.grads <= n * factors[1]
+
+
+def test_no_stage_reads_a_plan_out_of_the_graph():
+    root = pathlib.Path(autopar.__file__).parent
+    hits = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r'meta(\[|\.get\()"strategy"', line)]
+    assert hits == []
+
+
+def test_infeasible_error_states_a_budget_in_bytes():
+    model, inputs = zoo.build("mlp", "tiny", device="meta")
+    with pytest.raises(InfeasibleBudgetError) as info:
+        autopar.plan(model, autopar.ClusterInfo.preset("cpu:2"), inputs, memory_budget=16.0)
+    assert math.isfinite(info.value.min_budget) and f"({info.value.min_budget:.0f} bytes)" in str(info.value)
