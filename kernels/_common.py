@@ -7,7 +7,10 @@ they were imported under (``INTERPRETED``). A kernel runs on
 - CUDA tensors when the kernels were compiled (not interpreted), and
 - CPU tensors when the kernels were imported with ``TRITON_INTERPRET=1``;
 
-everything else falls back to the plain-torch reference beside each kernel.
+everything else falls back to the plain-torch reference beside each kernel. Without a working
+Triton (a CPU-only install may lack one) the kernel modules still import: ``triton.jit`` is a
+stand-in that keeps the function as it is, ``runnable`` is always False, so every call takes
+the reference, and ``autopar.runtime.kernel_pass`` says kernels are off and why.
 """
 from __future__ import annotations
 
@@ -15,13 +18,32 @@ import os
 
 import torch
 
-try:  # triton is a dependency, but a CPU-only install may lack a working one
-    import triton  # noqa: F401
-    import triton.language as tl  # noqa: F401
 
-    HAVE_TRITON = True
-except Exception:  # pragma: no cover - exercised only without triton
-    HAVE_TRITON = False
+class _Missing:
+    """Stands in for ``triton`` and ``triton.language`` when Triton cannot be imported: ``jit`` keeps the
+    function undecorated (it is never launched: ``runnable`` is False); anything else says what is missing."""
+
+    def __init__(self, name: str, why: str) -> None:
+        self.__name__, self.why = name, why
+
+    def jit(self, fn=None, **_options):
+        return fn if fn is not None else (lambda f: f)
+
+    constexpr = object  # annotations of kernel arguments
+
+    def __getattr__(self, attr: str):
+        raise RuntimeError(f"{self.__name__}.{attr}: Triton is not available ({self.why}); the kernels fall back to "
+                           f"their torch references. Install triton to use them.")
+
+
+try:  # triton is a dependency, but a CPU-only install may lack a working one
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON, WHY_NOT = True, ""
+except Exception as exc:  # exercised by tests/kernels/test_without_triton.py
+    HAVE_TRITON, WHY_NOT = False, f"import triton failed: {exc!r}"
+    triton, tl = _Missing("triton", WHY_NOT), _Missing("triton.language", WHY_NOT)
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E)
@@ -60,16 +82,14 @@ def upcast_dots(dtype: torch.dtype) -> bool:
     return INTERPRETED and dtype == torch.bfloat16
 
 
-if HAVE_TRITON:
-
-    @triton.jit
-    def dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
-        """tl.dot with fp32 accumulation; PREC "ieee" keeps fp32 inputs exact (no tf32), anything
-        else is Triton's default; UPCAST (interpreter, bf16 only) multiplies in fp32."""
-        if UPCAST:
-            out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-        elif PREC == "ieee":
-            out = tl.dot(a, b, input_precision="ieee")
-        else:
-            out = tl.dot(a, b)
-        return out
+@triton.jit
+def dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """tl.dot with fp32 accumulation; PREC "ieee" keeps fp32 inputs exact (no tf32), anything
+    else is Triton's default; UPCAST (interpreter, bf16 only) multiplies in fp32."""
+    if UPCAST:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif PREC == "ieee":
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out

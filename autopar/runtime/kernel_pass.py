@@ -22,6 +22,7 @@ each kernel still falls back to torch for tensors it cannot take (see ``autopar.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -48,11 +49,19 @@ def kernels_enabled(device, kernels: bool | None) -> bool:
     None (the default) means yes on CUDA, no elsewhere. An explicit True on a non-CUDA device
     needs Triton's CPU interpreter (``TRITON_INTERPRET=1``, set before triton is imported).
     """
+    from autopar.kernels._common import HAVE_TRITON, WHY_NOT
+
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if kernels is None:
+        if dev.type == "cuda" and not HAVE_TRITON:
+            warnings.warn(f"autopar: Triton kernels are off ({WHY_NOT}); the model runs torch's own ops", stacklevel=2)
+            return False
         return dev.type == "cuda"
     if not kernels:
         return False
+    if not HAVE_TRITON:
+        raise AutoparError(f"kernels=True, but Triton is not available ({WHY_NOT}): install triton, or leave "
+                           f"kernels=None (on CUDA only, when Triton works)")
     if dev.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return True
     raise AutoparError(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 
 import pytest
 import torch
@@ -71,14 +70,10 @@ def test_steps_describe_both_directions(scm):
         step.axis = 0  # frozen
 
 
-def test_cache_returns_identical_results_fast(scm):
+def test_cache_returns_identical_results(scm):
     assert scm.plan(S("S0S1"), S("S1S0"), (8, 8), 4) is scm.plan(S("S0S1"), S("S1S0"), (8, 8), 4)
     first = scm.cost(S("S0S1"), S("S1S0"), (8, 8), 4)
     assert scm.cost(S("S0S1"), S("S1S0"), torch.Size([8, 8]), 4) == first
-    start = time.perf_counter()
-    for _ in range(10_000):
-        scm.cost(S("S0S1"), S("S1S0"), (8, 8), 4)
-    assert time.perf_counter() - start < 1.0  # ~1 us a call; a generous bound against regressions
 
 
 def test_every_pair_of_the_16_specs_has_a_plan(scm):

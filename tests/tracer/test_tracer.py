@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import operator
 import re
-import time
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autopar.errors import AutoparError
-from autopar.tracer import ColoTracer, TraceError, trace
+from autopar.tracer import TraceError, trace
 from autopar.tracer.meta import NodeProfile, TensorMeta
 
 from .conftest import MLP, hf_models
@@ -177,7 +176,7 @@ def _rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
 
 
-def test_llama_7b_on_meta_traces_fast_and_small():
+def test_llama_7b_on_meta_traces_without_allocating_weights():
     import transformers as T
 
     cfg = T.LlamaConfig(num_hidden_layers=32, hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
@@ -185,10 +184,10 @@ def test_llama_7b_on_meta_traces_fast_and_small():
     with torch.device("meta"):
         model = T.LlamaForCausalLM(cfg)
     ids = torch.randint(0, 32000, (1, 2048), device="meta")
-    before, start = _rss(), time.perf_counter()
-    gm = trace(model, {"input_ids": ids, "labels": ids})
-    elapsed, grown = time.perf_counter() - start, _rss() - before
-    assert elapsed < 30 and grown < 2**30, (elapsed, grown)
+    before = _rss()
+    gm = trace(model, {"input_ids": ids, "labels": ids})  # its time is in bench/trace.py
+    grown = _rss() - before
+    assert grown < 2**30, f"tracing a 7B model on meta grew the process by {grown / 2**20:.0f} MiB"
     assert sum(n.meta["op"] == "linear" for n in gm.graph.nodes) == 32 * 7 + 1
     params = {n.meta["param"] for n in gm.graph.nodes if n.op == "get_attr" and "param" in n.meta}
     assert params == {name for name, _ in model.named_parameters()}
@@ -254,6 +253,3 @@ def test_shape_control_flow_and_concrete_args():
     gm2 = trace(model, (x,), concrete_args={"flag": False})
     assert "slice" not in keys_of(gm2) and torch.allclose(gm2(x), model(x, flag=False), atol=1e-6)
 
-
-def test_colo_tracer_is_an_fx_tracer():
-    assert issubclass(ColoTracer, torch.fx.Tracer)
