@@ -1,7 +1,9 @@
-"""``autopar plan``: plan a zoo model for a cluster preset and print the report.
+"""``autopar plan`` and ``autopar report``: plan a zoo model for a cluster, print, save or render the plan.
 
     autopar plan                                   # GPT-2 small (124M) on 8xH100, planned on meta
-    autopar plan --model gpt2 --size 355m --cluster 2x8xH100 --memory 40 --json
+    autopar plan --model gpt2 --size 355m --cluster 2x8xH100 --memory 40 --checkpoint auto --json
+    autopar plan --batch 32 --seq 1024 --memory 12 --save gpt2.plan.json --html gpt2.html
+    autopar report gpt2.plan.json [--html gpt2.html]
 """
 from __future__ import annotations
 
@@ -21,36 +23,96 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default=None, help="model size, e.g. tiny, 124m (default: the published size)")
     p.add_argument("--cluster", default="8xH100", help="cluster preset: 8xH100, 2x8xH100, cpu:4, cpu:2x2, ...")
     p.add_argument("--memory", type=float, default=None, help="memory budget per device in GiB (default: device)")
-    p.add_argument("--time-limit", type=float, default=60.0, help="ILP time limit in seconds")
+    p.add_argument("--checkpoint", choices=("none", "auto"), default=None,
+                   help="activation checkpointing: none (never) or auto (whenever it makes the step faster); "
+                        "default: only when the budget needs it")
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "adam", "sgd_momentum", "sgd"),
+                   help="the optimizer whose state the memory model counts (default: adamw)")
+    p.add_argument("--batch", type=int, default=None, help="global batch size of the example inputs")
+    p.add_argument("--seq", type=int, default=None, help="sequence length of a language model's inputs")
+    p.add_argument("--time-limit", type=float, default=60.0, help="ILP time limit in seconds, per solve")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+    p.add_argument("--save", metavar="FILE", help="save the plan as JSON (autopar.load_plan, autopar report)")
+    p.add_argument("--html", metavar="FILE", help="write the plan as one self-contained HTML page")
+    r = sub.add_parser("report", help="print or render a saved plan")
+    r.add_argument("file", help="a plan saved by `autopar plan --save` or Plan.save")
+    r.add_argument("--html", metavar="FILE", help="write it as an HTML page instead of printing it")
+    r.add_argument("--json", action="store_true", help="print it as JSON")
     return parser
+
+
+class Progress:
+    """Stage lines on stderr (``autopar: ILP ... : 1.2 s``); on a terminal, ``bar(label, done, total)`` draws
+    a progress bar in place for stages with countable work."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+
+    def __call__(self, line: str) -> None:
+        print(f"autopar: {line}", file=self.stream, flush=True)
+
+    def bar(self, label: str, done: int, total: int) -> None:
+        if not self.tty or total <= 0:
+            return
+        width = 30
+        fill = width * done // total
+        end = "\n" if done >= total else ""
+        print(f"\rautopar: {label} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}", end=end,
+              file=self.stream, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_transformers()
-    from autopar import api, zoo
-    from autopar.cluster import ClusterInfo
     from autopar.errors import AutoparError
 
     try:
-        cluster = ClusterInfo.preset(args.cluster)
-        t0 = time.perf_counter()
-        model, inputs = zoo.build(args.model, args.size, device="meta")
-        budget = args.memory * GiB if args.memory is not None else None
-        plan = api.plan(model, cluster, inputs, memory_budget=budget, time_limit=args.time_limit,
-                        progress=lambda line: print(f"autopar: {line}", file=sys.stderr, flush=True))
-        elapsed = time.perf_counter() - t0
+        return _plan(args) if args.command == "plan" else _report(args)
     except (AutoparError, ValueError) as exc:
         print(f"autopar: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _plan(args) -> int:
+    from autopar import api, zoo
+    from autopar.cluster import ClusterInfo
+
+    cluster = ClusterInfo.preset(args.cluster)
+    t0 = time.perf_counter()
+    model, inputs = zoo.build(args.model, args.size, device="meta")
+    inputs = zoo.resize_inputs(inputs, batch=args.batch, seq=args.seq)
+    budget = args.memory * GiB if args.memory is not None else None
+    plan = api.plan(model, cluster, inputs, memory_budget=budget, time_limit=args.time_limit,
+                    checkpoint=args.checkpoint, optimizer=args.optimizer, progress=Progress())
+    elapsed = time.perf_counter() - t0
+    if args.save:
+        plan.save(args.save)
+        print(f"autopar: saved the plan to {args.save}", file=sys.stderr)
+    if args.html:
+        plan.to_html(args.html)
+        print(f"autopar: wrote {args.html}", file=sys.stderr)
     if args.json:
         print(json.dumps(plan.to_json(), indent=1))
     else:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"autopar plan: {args.model} ({n_params / 1e6:.1f}M parameters) on {cluster.describe()}")
         print(plan.report())
-        print(f"planned in {elapsed:.2f} s (trace + strategies + ILP)")
+        print(f"planned in {elapsed:.2f} s (trace + strategies + ILP + checkpointing)")
+    return 0
+
+
+def _report(args) -> int:
+    from autopar.solver.full_plan import load_plan
+
+    plan = load_plan(args.file)
+    if args.html:
+        plan.to_html(args.html)
+        print(f"autopar: wrote {args.html}", file=sys.stderr)
+    elif args.json:
+        print(json.dumps(plan.to_json(), indent=1))
+    else:
+        print(plan.report())
     return 0
 
 

@@ -10,14 +10,15 @@ def test_plan_prints_a_report(capsys):
     out = captured.out
     assert "autopar plan: gpt2" in out and "total" in out and "planned in" in out
     # progress goes to stderr, stage by stage, so long plans show where they are
-    assert "autopar: tracing ..." in captured.err and "autopar: ILP (time limit 60 s):" in captured.err
+    assert "autopar: tracing ..." in captured.err
+    assert "autopar: ILP at 4 GiB per device (time limit 60 s):" in captured.err
     assert "cross_entropy" in out and ("linear" in out or "addmm" in out)
 
 
 def test_plan_json_lists_every_node(capsys):
     assert main(["plan", "--model", "mlp", "--size", "wide", "--cluster", "8xH100", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    ops = {row["op"] for row in data["rows"]}
+    ops = {row["op"] for row in data["sharding"]["rows"]}
     assert {"linear", "gelu", "mean"} <= ops
 
 
