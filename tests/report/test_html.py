@@ -6,8 +6,16 @@ import subprocess
 
 import pytest
 
-from autopar.report.html import (collapse, downsample, find_chromium, group_runs, render_html, run_chromium, screenshot,
-                                 write_html)
+from autopar.report.html import (
+    collapse,
+    downsample,
+    find_chromium,
+    group_runs,
+    render_html,
+    run_chromium,
+    screenshot,
+    write_html,
+)
 from autopar.report.text import human_bytes, human_time
 
 GiB = 1024**3
