@@ -67,7 +67,8 @@ def _fmt(row: dict) -> str:
         return f"{row[k]:.1f}" if k in row else "-"
     return (f"{row['case']:<10} {row['mesh']:<11} {row['params'] / 1e9:>6.2f}B "
             f"{t('trace_s'):>6} {t('strategies_s'):>6} "
-            f"{t('solve_s'):>6} {t('memory_s'):>6} {t('total_s'):>6} {row.get('nodes', '-'):>6} {row.get('owners', '-'):>6} "
+            f"{t('solve_s'):>6} {t('memory_s'):>6} {t('total_s'):>6} "
+            f"{row.get('nodes', '-'):>6} {row.get('owners', '-'):>6} "
             f"{row.get('variables', '-'):>8} {row.get('constraints', '-'):>7} {row.get('memory_rows', '-'):>5} "
             f"{row.get('status', row.get('error', row['stage']))}")
 

@@ -119,10 +119,11 @@ _JS = r"""
       const a = Math.min(sp[0], n - 1), b = Math.min(Math.max(sp[1], a), n - 1);
       const x0 = x(a), w = Math.max(x(b + 1) - x0, 1);
       const last = Math.min(T.first[b] + T.bucket, T.steps_total) - 1;
-      const title = `${r.name}, ${k === 'forward' ? 'checkpointed forward' : 'recompute'}: steps ${T.first[a]}-${last}` +
-        ` (${T.steps[a]} .. ${T.steps[b]})`;
+      const what = k === 'forward' ? 'checkpointed forward' : 'recompute';
+      const title = `${r.name}, ${what}: steps ${T.first[a]}-${last} (${T.steps[a]} .. ${T.steps[b]})`;
       s.push(`<rect class="region ${k}" data-name="${esc(r.name)}" x="${x0}" y="${TOP - TAB}" width="${w}" ` +
-             `height="${ph + TAB}" fill="${f}" stroke="${c}" stroke-dasharray="3,2"><title>${esc(title)}</title></rect>`);
+             `height="${ph + TAB}" fill="${f}" stroke="${c}" stroke-dasharray="3,2">` +
+             `<title>${esc(title)}</title></rect>`);
       const short = String(r.name).replace(/^ckpt_/, '');
       const label = [r.name, short].find(t => tw(t, 10.5) + 6 <= w);
       if (label) s.push(`<text class="region-label" x="${x0 + w / 2}" y="${TOP - 5}" font-size="10.5" ` +
