@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from autopar.tracer.canonical_tensor import TENSOR_NAMES, canonicalize_tensor
 from autopar.tracer.canonical_vision import VISION_NAMES, canonicalize_vision
 from autopar.tracer.inplace import functionalize
 
@@ -81,6 +82,8 @@ def _canonicalize_op(gm: fx.GraphModule, node: fx.Node) -> None:
     out = node.meta.get("val")
     x = node.args[0] if node.args else None
     xv = _val(x)
+    if name in TENSOR_NAMES and node.op in ("call_function", "call_method") and canonicalize_tensor(node, name):
+        return None
     if name == "getattr":
         attr = node.args[1]
         if attr in ("T", "mT", "mH", "H") and isinstance(xv, torch.Tensor):
@@ -285,7 +288,7 @@ def _bind_rest(fn, node: fx.Node, n_positional: int) -> dict:
 def _remove_dead_nodes(graph: fx.Graph) -> None:
     """Erase op nodes nobody uses, except in-place and random ops (they have effects)."""
     for node in reversed(list(graph.nodes)):
-        if node.op not in ("call_function", "call_method", "get_attr") or node.users:
+        if node.op not in ("call_function", "call_method", "get_attr") or node.users or node.meta.get("unread"):
             continue
         name = op_name(node)
         if (name.endswith("_") and not name.endswith("__")) or name in _EFFECTFUL:
