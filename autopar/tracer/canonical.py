@@ -107,7 +107,8 @@ def _canonicalize_op(gm: fx.GraphModule, node: fx.Node) -> None:
     if name in ("cat", "concat", "concatenate", "stack") and isinstance(out, torch.Tensor):
         key = "stack" if name == "stack" else "cat"
         dim = _arg(node, 1, "dim", node.kwargs.get("axis", 0))
-        return _set(node, key, torch.stack if key == "stack" else torch.cat, (list(x), _dim(dim, out.dim())))
+        tensors = _elements(gm, node, x) if isinstance(x, fx.Node) else list(x)
+        return _set(node, key, torch.stack if key == "stack" else torch.cat, (tensors, _dim(dim, out.dim())))
     if name in MATMUL_NAMES:
         return _set(node, "matmul", torch.matmul, (x, node.args[1]))
     if name == "linear" and node.target is F.linear:
@@ -157,6 +158,18 @@ def _canonicalize_op(gm: fx.GraphModule, node: fx.Node) -> None:
             _set(node, key, method, node.args, node.kwargs)
     node.meta["op"] = key
     return None
+
+
+def _elements(gm: fx.GraphModule, node: fx.Node, seq: fx.Node) -> list[fx.Node]:
+    """``torch.cat(x.split(...))``: one ``getitem`` per element of the tuple-valued ``seq``, so no op takes a
+    whole tuple (only getitems read tuple-valued nodes, and each element is planned on its own)."""
+    out = []
+    for i, val in enumerate(seq.meta["val"]):
+        with gm.graph.inserting_before(node):
+            item = gm.graph.call_function(operator.getitem, (seq, i))
+        item.meta.update(val=val, op="getitem")
+        out.append(item)
+    return out
 
 
 def _functionalize_inplace(node: fx.Node) -> None:
