@@ -20,6 +20,12 @@ from tests.test_autoparallelize import train_and_compare
 RTOL, ATOL = 1e-4, 1e-5
 MODELS = ["timm:vit_base_patch16_224", "timm:deit_base_patch16_224", "timm:resnet50", "timm:convnext_tiny",
           "timm:swin_tiny_patch4_window7_224", "timm:efficientnet_b0", "timm:regnetx_002"]
+# added by issue 11 (their published sizes plan without fallback in tests/zoo/test_no_fallback.py). MobileNetV3
+# and HRNet train on 2x2 only in tier 1: their tiny float32 gradients differ from float64 ones by more than
+# atol on a single device already (BatchNorm over a few values per channel: 1.7e-5 and 6e-3).
+NEW = ["timm:poolformer_s12", "timm:densenet121", "timm:levit_128", "timm:mobilenetv3_large_100",
+       "timm:maxvit_tiny_tf_224", "timm:hrnet_w18_small"]
+TRAINED_NEW = ["timm:poolformer_s12", "timm:densenet121", "timm:levit_128"]
 
 
 def _close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
@@ -27,7 +33,7 @@ def _close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 # ---- tier 1 -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS + NEW)
 def test_traced_forward_equals_eager(name):
     from autopar import zoo
     from autopar.tracer import trace
@@ -178,7 +184,7 @@ def check_timm_cases(rank: int, world_size: int, cases, mesh_shape) -> dict:
 
 # every model as built by the zoo, and ResNet with batch 8 on a network without latency: the solver then
 # splits the batch of most BatchNorms (with alpha = 50 us it prefers channel splits at these sizes)
-CASES = [(name, None, None) for name in MODELS] + [("timm:resnet50", 8, 1e-7)]
+CASES = [(name, None, None) for name in MODELS + TRAINED_NEW] + [("timm:resnet50", 8, 1e-7)]
 
 
 def test_tiny_models_train_like_single_device_on_2x2():
