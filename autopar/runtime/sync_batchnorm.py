@@ -110,10 +110,12 @@ class ShardedBatchNorm(torch.nn.Module):
         self.channels, self.stored = channels, stored
 
     def _convert(self, t, src: ShardingSpec, dst: ShardingSpec):
+        """``t`` in ``dst``, never sharing ``t``'s storage: a local split (R -> S) may return a view of the
+        buffer, which batch_norm saves for backward while the buffer is written back afterwards."""
         if t is None or src == dst:
             return t
         with torch.no_grad():
-            return self.sc.apply(t, src, dst, (self.num_channels,), self.mesh)
+            return self.sc.apply(t, src, dst, (self.num_channels,), self.mesh).clone()
 
     def forward(self, x, running_mean, running_var, weight, bias, training: bool, momentum, eps: float):
         stored = (running_mean, running_var)
