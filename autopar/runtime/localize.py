@@ -13,7 +13,7 @@ import torch.fx as fx
 
 from autopar.errors import NodeError
 from autopar.spec import ShardingSpec
-from autopar.tracer.ops import CREATION_OPS
+from autopar.tracer.ops import CREATION_OPS, UNIFORM_CREATION
 
 
 def local_args(node: fx.Node, strategy, args: tuple, mesh_shape: tuple[int, ...]) -> tuple:
@@ -32,10 +32,19 @@ def local_args(node: fx.Node, strategy, args: tuple, mesh_shape: tuple[int, ...]
         if any(s % k for s in sizes):
             raise NodeError(node, f"split sizes {sizes} do not divide by the {k} shards of dim {dim}")
         return (x, [s // k for s in sizes], dim, *args[3:])
-    if op == "conv2d" and args[6] > 1:  # a grouped conv split on channels runs its own groups
+    if op in ("conv2d", "conv1d") and args[6] > 1:  # a grouped conv split on channels runs its own groups
         return (*args[:6], args[6] // out_spec.shards(1, mesh_shape))
     if op == "slice":
         return (args[0], _local_index(node, args[1], strategy.inputs[0]))
+    if op == "repeat":  # a tiled dim split k ways: each rank tiles sizes[d] / k times (strategies/repeat.py)
+        sizes = tuple(r // out_spec.shards(d, mesh_shape) if r > 1 else r for d, r in enumerate(args[1]))
+        return (args[0], sizes, *args[2:])
+    if op == "group_norm" and out_spec.dims[1]:  # whole groups per rank
+        return (args[0], args[1] // out_spec.shards(1, mesh_shape), *args[2:])
+    if op in UNIFORM_CREATION and not out_spec.is_replicated():  # the same values on the local shape
+        at = 1 if op.startswith("new_") else 0
+        shape = out_spec.local_shape(tuple(node.meta["tensor"].shape), mesh_shape)
+        return (*args[:at], shape, *args[at + 1:])
     if op in CREATION_OPS and not out_spec.is_replicated():
         raise NodeError(node, f"creation op with a sharded output {out_spec} is not supported",
                         stage="generating code for", hint="report this model: creation ops are planned replicated")

@@ -18,6 +18,11 @@ cancellation). Backward, with the same global sums (the adjoint of the forward):
 A rank whose x is replicated on some axis holds gradient contributions there; dx is linear in dy
 with the same map on those ranks, so contributions stay contributions.
 
+Statistics are computed in the dtype ``torch.nn.BatchNorm`` uses on one device: the input's own for
+float32 and float64 (a float64 model keeps float64 statistics), float32 for half and bfloat16 inputs
+(PyTorch's batch-norm kernels accumulate reduced-precision inputs in float32, its "opmath" type);
+y and dx are returned in the input's dtype (``stat_dtype``).
+
 The running statistics are the stored buffers, in the spec the plan stored them in; they are
 converted to the channel layout of x (split on C as x is, replicated elsewhere), updated, and
 converted back into the stored buffers in place (no communication when the two specs agree).
@@ -30,6 +35,11 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from autopar.spec import ShardingSpec
+
+
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype batch norm computes its statistics in for inputs of ``dtype`` (float32 for half precision)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def _all_reduce(t: torch.Tensor, groups) -> torch.Tensor:
@@ -45,7 +55,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps: float, groups):
         dims = [d for d in range(x.dim()) if d != 1]
         bshape = [1, x.shape[1]] + [1] * (x.dim() - 2)  # per-channel values broadcast against x
-        xf = x.float()
+        acc = stat_dtype(x.dtype)
+        xf = x.to(acc)
         first = torch.cat([xf.sum(dims), xf.new_full((1,), x.numel() / max(x.shape[1], 1))])
         first = _all_reduce(first, groups)
         total, count = first[:-1], first[-1].clone()
@@ -56,9 +67,9 @@ class SyncBatchNormFunction(torch.autograd.Function):
         xhat = centred * rstd.view(bshape)
         y = xhat
         if weight is not None:
-            y = y * weight.float().view(bshape)
+            y = y * weight.to(acc).view(bshape)
         if bias is not None:
-            y = y + bias.float().view(bshape)
+            y = y + bias.to(acc).view(bshape)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.groups, ctx.count, ctx.has_bias = groups, count, bias is not None
         ctx.mark_non_differentiable(mean, var, count)
@@ -69,15 +80,16 @@ class SyncBatchNormFunction(torch.autograd.Function):
         x, weight, mean, rstd = ctx.saved_tensors
         dims = [d for d in range(x.dim()) if d != 1]
         bshape = [1, x.shape[1]] + [1] * (x.dim() - 2)
-        dyf = dy.float()
-        xhat = (x.float() - mean.view(bshape)) * rstd.view(bshape)
+        acc = stat_dtype(x.dtype)
+        dyf = dy.to(acc)
+        xhat = (x.to(acc) - mean.view(bshape)) * rstd.view(bshape)
         sum_dy, sum_dy_xhat = dyf.sum(dims), (dyf * xhat).sum(dims)
         dweight = sum_dy_xhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         dbias = sum_dy.to(dy.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
         dx = None
         if ctx.needs_input_grad[0]:
             sums = _all_reduce(torch.stack([sum_dy, sum_dy_xhat]), ctx.groups) / ctx.count
-            scale = rstd if weight is None else rstd * weight.float()
+            scale = rstd if weight is None else rstd * weight.to(acc)
             dx = (scale.view(bshape) * (dyf - sums[0].view(bshape) - xhat * sums[1].view(bshape))).to(x.dtype)
         return dx, dweight, dbias, None, None
 
@@ -98,10 +110,12 @@ class ShardedBatchNorm(torch.nn.Module):
         self.channels, self.stored = channels, stored
 
     def _convert(self, t, src: ShardingSpec, dst: ShardingSpec):
+        """``t`` in ``dst``, never sharing ``t``'s storage: a local split (R -> S) may return a view of the
+        buffer, which batch_norm saves for backward while the buffer is written back afterwards."""
         if t is None or src == dst:
             return t
         with torch.no_grad():
-            return self.sc.apply(t, src, dst, (self.num_channels,), self.mesh)
+            return self.sc.apply(t, src, dst, (self.num_channels,), self.mesh).clone()
 
     def forward(self, x, running_mean, running_var, weight, bias, training: bool, momentum, eps: float):
         stored = (running_mean, running_var)

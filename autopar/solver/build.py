@@ -6,6 +6,11 @@ the matrix ``cost[i, j]`` = seconds (forward + backward) to turn u's output spec
 into the spec v's strategy j wants for input k, priced by the shape consistency manager on the
 producer's global shape (the element's shape for ``getitem`` of a tuple-valued node).
 Edges on which nothing is ever resharded (an all-zero matrix) are left out.
+
+A tuple-valued producer (``topk``, ``split``) is never resharded as a whole: the runtime reshards
+its elements (``getitem``). So on an edge from one into a consumer that takes the whole tuple, a
+pair of strategies where the consumer wants another spec than the producer makes cannot run:
+``Edge.forbidden`` marks those pairs and the ILP excludes them (they are not priced at all).
 """
 from __future__ import annotations
 
@@ -24,9 +29,6 @@ from autopar.spec import ShardingSpec
 from autopar.tracer.meta import TensorMeta
 
 ReshardCost = Callable[[ShardingSpec, ShardingSpec, Sequence[int], int], float]
-# Tuple-valued producers are not resharded by the runtime (only their getitems are): a consumer
-# asking for another spec than the producer's is forbidden by this price.
-FORBIDDEN = 1e4
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Edge:
     spec_cost: np.ndarray  # [distinct output spec of src, distinct spec dst wants] -> seconds
     src_group: np.ndarray  # strategy of src -> row of spec_cost
     dst_group: np.ndarray  # strategy of dst -> column of spec_cost
+    forbidden: np.ndarray | None = None  # [row, column] -> the pair cannot run (a whole tuple resharded)
 
     @property
     def cost(self) -> np.ndarray:
@@ -112,17 +115,18 @@ def _edge(src: fx.Node, dst: fx.Node, k: int, reshard_cost: ReshardCost, cache: 
     # price each distinct (output spec, wanted spec) pair once
     uo, ui = {s: i for i, s in enumerate(dict.fromkeys(outs))}, {s: j for j, s in enumerate(dict.fromkeys(wants))}
     key = (tuple(uo), tuple(ui), None if whole_tuple else (tuple(tm.shape), tm.dtype))
-    small = cache.get(key)
-    if small is None:
-        small = cache[key] = np.zeros((len(uo), len(ui)))
+    if key not in cache:
+        small, forbidden = np.zeros((len(uo), len(ui))), np.zeros((len(uo), len(ui)), dtype=bool)
         for o, i in uo.items():
             for w, j in ui.items():
                 if w is None or w == o:
                     continue
                 if whole_tuple:
-                    small[i, j] = FORBIDDEN
+                    forbidden[i, j] = True
                 else:
                     small[i, j] = reshard_cost(o, w, tm.shape, itemsize(tm.dtype))
-    if not small.any():
+        cache[key] = small, (forbidden if forbidden.any() else None)
+    small, forbidden = cache[key]
+    if not small.any() and forbidden is None:
         return None
-    return Edge(src, dst, k, small, np.array([uo[s] for s in outs]), np.array([ui[s] for s in wants]))
+    return Edge(src, dst, k, small, np.array([uo[s] for s in outs]), np.array([ui[s] for s in wants]), forbidden)

@@ -17,6 +17,12 @@
    ``Timeline`` of the same schedule.
 3. ``plan_checkpoints`` runs the exact chain DP (``checkpoint_dp``) for the budget and returns a
    CheckpointPlan: the recomputed regions as lists of traced node names.
+
+A stage holding a *stateful* node (``stateful``: BatchNorm updating its running statistics, an
+in-place update of a buffer such as ``num_batches_tracked.add_(1)``, any in-place op left in the
+graph) is never recomputed (``Chain.fixed``): recomputing it would apply the update twice, and
+autograd refuses to re-run an op whose saved input was modified in place. A region the user names
+is cut around such nodes the same way (``module_regions``).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from autopar.solver.checkpoint_dp import Chain, Schedule, no_checkpoint, plan_ch
 from autopar.solver.checkpoint_saved import StrategyOf, root_bytes, root_key, saved_storages
 from autopar.solver.cost_model import local_bytes
 from autopar.tracer.meta import is_multi, tensor_meta
+from autopar.tracer.ops import Prop, has
 
 _NOT_OPS = ("placeholder", "get_attr", "output")
 Background = dict  # node name -> (bytes besides activations at its forward step, at its backward step)
@@ -60,6 +67,15 @@ def _stages(gm: fx.GraphModule) -> list[tuple[list[fx.Node], fx.Node | None]]:
         if len(live) == 1 and i + 1 < end and any(_carries_grad(n) for n in stages[-1][0]):
             stages.append(([], next(iter(live))))
     return [(stage, entry) for stage, entry in stages if stage]
+
+
+def stateful(node: fx.Node) -> bool:
+    """Whether running ``node`` again would change state: an in-place op, or batch_norm in training with
+    running statistics."""
+    op = node.meta.get("op") or ""
+    if op == "batch_norm":
+        return bool(node.args[5]) and any(isinstance(a, fx.Node) for a in node.args[1:3])
+    return has(op, Prop.INPLACE) or op == "setitem" or (op.endswith("_") and not op.endswith("__"))
 
 
 def forward_time(nodes, strategy_of: StrategyOf) -> float:
@@ -162,8 +178,9 @@ def chain_of(gm: fx.GraphModule, mesh_shape, strategy_of: StrategyOf, background
     held = [_held(span, saves, shared, background) for span in _spans(gm, nodes)]
     holds = tuple(sum(1 << r for r, key in enumerate(shared) if any(key in saves.get(n, {}) for n in stage))
                   for stage in nodes)
+    fixed = tuple(any(stateful(n) for n in stage) for stage in nodes)
     return nodes, Chain(tuple(c[0] for c in costs), tuple(h[0] for h in held), tuple(c[1] for c in costs),
-                        tuple(h[1] for h in held), tuple(shared.values()), holds, reads, born)
+                        tuple(h[1] for h in held), tuple(shared.values()), holds, reads, born, fixed)
 
 
 def _shared_storages(gm: fx.GraphModule, stages: list[list[fx.Node]], mesh_shape, strategy_of: StrategyOf):
@@ -250,11 +267,18 @@ def module_regions(gm: fx.GraphModule, module_names) -> tuple[tuple[str, ...], .
 
     regions = []
     for name in module_names:
-        nodes = tuple(n.name for n in gm.graph.nodes if n.op not in _NOT_OPS and _in_module(n, name))
+        nodes = [n for n in gm.graph.nodes if n.op not in _NOT_OPS and _in_module(n, name)]
         if not nodes:
             raise AutoparError(f"checkpoint: no op of the traced graph belongs to module {name!r}; "
                                f"give module paths like 'transformer.h.0' (see model.named_modules())")
-        regions.append(nodes)
+        run: list[str] = []  # consecutive nodes between stateful ones: each run is one region
+        for n in nodes + [None]:
+            if n is None or stateful(n):
+                if run:
+                    regions.append(tuple(run))
+                run = []
+            else:
+                run.append(n.name)
     return tuple(regions)
 
 

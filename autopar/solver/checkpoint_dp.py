@@ -52,6 +52,7 @@ class Chain:
     holds: tuple[int, ...] = ()  # H: per stage, bitmask of the shared storages it saves
     reads: tuple[int, ...] = ()  # per stage, bitmask of the shared storages it reads, made before it
     born: tuple[int, ...] = ()  # per shared storage, the stage that makes it (-1: a model input)
+    fixed: tuple[bool, ...] = ()  # per stage: it must run once (it updates state), never in a recomputed segment
 
     def __post_init__(self) -> None:
         n = len(self.forward)
@@ -59,6 +60,11 @@ class Chain:
             raise ValueError("a Chain needs the same number of forward times, saved, input and transient bytes")
         if self.shared and not (len(self.holds) == len(self.reads) == n and len(self.born) == len(self.shared)):
             raise ValueError("a Chain with shared storages needs holds and reads per stage and born per storage")
+        if self.fixed and len(self.fixed) != n:
+            raise ValueError("a Chain's fixed flags need one per stage")
+
+    def recomputable(self, i: int) -> bool:
+        return not (self.fixed and self.fixed[i])
 
     def __len__(self) -> int:
         return len(self.forward)
@@ -100,6 +106,8 @@ def _recomputed_steps(chain: Chain, a: int, kept: int):
     new_inputs = inner = 0.0
     x = chain.inputs[a]
     for end in range(a + 1, len(chain) + 1):
+        if not chain.recomputable(end - 1):  # a stage that updates state runs once: the segment ends before it
+            return
         saved += chain.saved[end - 1]
         time += chain.forward[end - 1]
         worst_t = max(worst_t, chain.transient[end - 1])
@@ -236,10 +244,22 @@ def min_peak(chain: Chain) -> float:
 
 
 def chen_schedule(chain: Chain) -> Schedule:
-    """Chen et al. (2016): segments of ceil(sqrt(n)) stages, every segment recomputed."""
+    """Chen et al. (2016): segments of ceil(sqrt(n)) stages, every segment recomputed (cut around the
+    stages that must run once, which are kept)."""
     n = len(chain)
     k = max(1, math.ceil(math.sqrt(n)))
-    return evaluate(chain, [(a, min(a + k, n) - 1, True) for a in range(0, n, k)])
+    segments: list[tuple[int, int, bool]] = []
+    for a in range(0, n, k):
+        start = a
+        for i in range(a, min(a + k, n)):
+            if not chain.recomputable(i):
+                if start < i:
+                    segments.append((start, i - 1, True))
+                segments.append((i, i, False))
+                start = i + 1
+        if start < min(a + k, n):
+            segments.append((start, min(a + k, n) - 1, True))
+    return evaluate(chain, segments)
 
 
 def no_checkpoint(chain: Chain) -> Schedule:

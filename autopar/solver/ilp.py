@@ -40,6 +40,11 @@ Infeasible budget: when even the per-step minima exceed it, or the solver proves
 the smallest budget is found by the same ILP with the budget as a variable M and objective min M,
 and InfeasibleBudgetError states it. HiGHS by default, CBC as fallback, always with a time limit;
 ``prob.sol_status`` 2 (a time limit stopped the search) gives the status "feasible (time limit)".
+
+Time limit without any plan: the smallest-budget problem (min M) is solved instead (any one-hot
+choice is feasible for it, so its search finds plans at once); when the plan it finds fits the budget,
+that plan is returned with the status "feasible (time limit; the plan needing least memory)": a
+budget that some plan fits never ends in a time-out error.
 """
 from __future__ import annotations
 
@@ -108,6 +113,30 @@ class _Ilp:
         self._edges: dict[int, tuple] = {}
         if restrict is not None:
             self._restrict(restrict)
+        self._forbid()
+
+    def _forbid(self) -> None:
+        """Pairs of strategies that cannot run together (``Edge.forbidden``) are excluded: their e-variable,
+        or the x of a strategy whose partner is fixed, is bounded to 0 (exact for binary x: with x_u[i] =
+        x_v[j] = 1 the marginals force e[group(i), group(j)] = 1)."""
+        for t, edge in enumerate(self.sg.edges):
+            if edge.forbidden is None:
+                continue
+            if t not in self._edges:
+                self._edges[t] = self._edge_layout(t)
+            kind, a, b, key = self._edges[t]
+            if kind == "const":
+                if edge.forbidden[a, b]:
+                    raise AutoparError(f"internal: %{edge.dst.name} needs %{edge.src.name}, a tuple, in another spec "
+                                       f"than it is made in, and neither has another strategy; please report this")
+            elif kind == "vec":
+                for var, bad in zip(self.x[key], np.broadcast_to(edge.forbidden[a, b], (len(self.x[key]),))):
+                    if bad:
+                        var.upBound = 0
+            else:
+                sub = edge.forbidden[np.ix_(a, b)]
+                for i, j in zip(*np.nonzero(sub)):
+                    self.e[key][i][j].upBound = 0
 
     def _restrict(self, allowed: Restrict) -> None:
         """Forbid (x = 0) owner strategies under which some member node runs a disallowed strategy."""
@@ -230,16 +259,23 @@ def solve(strategy_graph: StrategyGraph, cluster: ClusterInfo, *, memory_budget:
     rows = add_memory_rows(ilp, memory, budget)
     ilp.prob += pulp.LpAffineExpression(ilp.terms(objective), constant=objective.const)
     status = run_solver(ilp.prob, backend) if ilp.x else 1
+    label = STATUS.get(status, str(status))
+    values = ilp.values()
     if status not in (1, 2):
-        if status == -1:
-            smallest, note = min_budget(sg, red, memory, backend, restrict)
+        found: list = []
+        smallest, note = min_budget(sg, red, memory, backend, restrict, found)
+        if status == -1 or smallest > budget * (1 + 1e-6) and "upper bound" not in note:
             raise InfeasibleBudgetError(budget, smallest, detail=note)
-        raise AutoparError(f"{backend_name} found no plan within time_limit={time_limit} s "
-                           f"(status {STATUS.get(status, status)}); raise time_limit or the memory budget")
-    choice = red.choice(ilp.values())
+        if not found or memory.peak(red.choice(found[0])).peak > budget * (1 + 1e-9):
+            raise AutoparError(f"{backend_name} found no plan within time_limit={time_limit} s at the budget of "
+                               f"{budget:.0f} bytes (status {label}), nor one that fits by the smallest-budget "
+                               f"search; raise time_limit or the memory budget")
+        values, status = found[0], 2
+        label = "feasible (time limit; the plan needing least memory)"
+    choice = red.choice(values)
     stats = IlpStats(nodes=len(sg.nodes), owners=len(ilp.x), merged=red.merged, tied=red.tied, repeats=red.repeats,
                      variables=ilp.num_variables(), memory_rows=rows, constraints=ilp.prob.numConstraints(),
                      sol_status=status, optimizer=memory.optimizer,
                      objective=float(pulp.value(ilp.prob.objective) or 0.0) / US if ilp.x else 0.0)
-    return plan_from_choice(sg, cluster, choice, memory.peak(choice), budget, backend_name,
-                            STATUS.get(status, str(status)), time.perf_counter() - start, stats)
+    return plan_from_choice(sg, cluster, choice, memory.peak(choice), budget, backend_name, label,
+                            time.perf_counter() - start, stats)

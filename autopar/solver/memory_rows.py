@@ -136,8 +136,11 @@ def add_memory_rows(ilp, mm: MemoryModel, budget: float) -> int:
     return _build_rows(ilp, mm, keep_f, keep_b, budget, 1.0)
 
 
-def min_budget(sg, red, mm: MemoryModel, backend, restrict) -> tuple[float, str]:
-    """(the smallest budget any plan of the reduced ILP fits in, a note): min M s.t. every row <= M."""
+def min_budget(sg, red, mm: MemoryModel, backend, restrict, values: list | None = None) -> tuple[float, str]:
+    """(the smallest budget any plan of the reduced ILP fits in, a note): min M s.t. every row <= M.
+
+    ``values``, when given, receives the owners' chosen strategies of the plan found (``_Ilp.values``;
+    nothing when the search found none): the plan needing least memory."""
     from autopar.solver.ilp import _Ilp, run_solver
 
     lower = mm.bound(upper=False)
@@ -148,11 +151,15 @@ def min_budget(sg, red, mm: MemoryModel, backend, restrict) -> tuple[float, str]
     keep_f, keep_b = _keep(red, mm, ub_f, ub_b, lower)
     rows = _build_rows(ilp, mm, keep_f, keep_b, scale, m_var)
     if rows == 0 or not ilp.x:
+        if values is not None:
+            values.append({o: 0 for o in ilp.x})
         return math.ceil(lower * (1 + 1e-6)), "(with liveness; every plan has the same peak)"
     ilp.prob += pulp.LpAffineExpression([(m_var, 1.0)])
     status = run_solver(ilp.prob, backend)
     if status not in (1, 2) or m_var.varValue is None:
         return math.ceil(lower), "(with liveness; a lower bound: the search for the exact value found none)"
+    if values is not None:
+        values.append(ilp.values())
     value = max(float(m_var.varValue) * scale, lower)
     note = "(with liveness)" if status == 1 else "(with liveness; an upper bound: the time limit stopped the search)"
     return math.ceil(value * (1 + 1e-6)), note

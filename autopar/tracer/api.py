@@ -32,6 +32,7 @@ def trace(
     """
     tracer = ColoTracer()
     graph = tracer.trace_model(model, example_inputs, concrete_args)
+    _keep_unread_parameters(tracer, model, graph)
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
     for node in gm.graph.nodes:  # constants fx embedded itself (``_tensor_constant0``)
         if node.op == "get_attr" and "val" not in node.meta:
@@ -44,6 +45,27 @@ def trace(
     profile_graph(gm)
     gm.recompile()
     return gm
+
+
+def _keep_unread_parameters(tracer: ColoTracer, model: torch.nn.Module, graph: fx.Graph) -> None:
+    """A parameter the forward never reads (DINOv2's ``mask_token`` in classification) is still the model's:
+    it gets a ``get_attr`` node with no users (``meta["unread"]``, never removed as dead code), so it is
+    planned, stored, saved and loaded like every other parameter."""
+    attrs = tracer._attr_meta
+    read = {id(attrs[n.target]) for n in graph.nodes if n.op == "get_attr" and n.target in attrs}
+    last = None
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            last = node
+    for name, param in model.named_parameters():
+        if id(param) in read:
+            continue
+        read.add(id(param))
+        with graph.inserting_after(last) if last is not None else graph.inserting_before(None):
+            node = graph.get_attr(name)
+        node.meta.update(val=tracer._meta_of_attr(name), param=name, param_aliases=tracer._aliases[id(param)],
+                         unread=True)
+        last = node
 
 
 def _fetch_attr(mod: torch.nn.Module, qualname: str):

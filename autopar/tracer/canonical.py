@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from autopar.tracer.canonical_tensor import TENSOR_NAMES, canonicalize_tensor
 from autopar.tracer.canonical_vision import VISION_NAMES, canonicalize_vision
 from autopar.tracer.inplace import functionalize
 
@@ -81,6 +82,8 @@ def _canonicalize_op(gm: fx.GraphModule, node: fx.Node) -> None:
     out = node.meta.get("val")
     x = node.args[0] if node.args else None
     xv = _val(x)
+    if name in TENSOR_NAMES and node.op in ("call_function", "call_method") and canonicalize_tensor(node, name):
+        return None
     if name == "getattr":
         attr = node.args[1]
         if attr in ("T", "mT", "mH", "H") and isinstance(xv, torch.Tensor):
@@ -104,7 +107,8 @@ def _canonicalize_op(gm: fx.GraphModule, node: fx.Node) -> None:
     if name in ("cat", "concat", "concatenate", "stack") and isinstance(out, torch.Tensor):
         key = "stack" if name == "stack" else "cat"
         dim = _arg(node, 1, "dim", node.kwargs.get("axis", 0))
-        return _set(node, key, torch.stack if key == "stack" else torch.cat, (list(x), _dim(dim, out.dim())))
+        tensors = _elements(gm, node, x) if isinstance(x, fx.Node) else list(x)
+        return _set(node, key, torch.stack if key == "stack" else torch.cat, (tensors, _dim(dim, out.dim())))
     if name in MATMUL_NAMES:
         return _set(node, "matmul", torch.matmul, (x, node.args[1]))
     if name == "linear" and node.target is F.linear:
@@ -154,6 +158,18 @@ def _canonicalize_op(gm: fx.GraphModule, node: fx.Node) -> None:
             _set(node, key, method, node.args, node.kwargs)
     node.meta["op"] = key
     return None
+
+
+def _elements(gm: fx.GraphModule, node: fx.Node, seq: fx.Node) -> list[fx.Node]:
+    """``torch.cat(x.split(...))``: one ``getitem`` per element of the tuple-valued ``seq``, so no op takes a
+    whole tuple (only getitems read tuple-valued nodes, and each element is planned on its own)."""
+    out = []
+    for i, val in enumerate(seq.meta["val"]):
+        with gm.graph.inserting_before(node):
+            item = gm.graph.call_function(operator.getitem, (seq, i))
+        item.meta.update(val=val, op="getitem")
+        out.append(item)
+    return out
 
 
 def _functionalize_inplace(node: fx.Node) -> None:
@@ -285,7 +301,7 @@ def _bind_rest(fn, node: fx.Node, n_positional: int) -> dict:
 def _remove_dead_nodes(graph: fx.Graph) -> None:
     """Erase op nodes nobody uses, except in-place and random ops (they have effects)."""
     for node in reversed(list(graph.nodes)):
-        if node.op not in ("call_function", "call_method", "get_attr") or node.users:
+        if node.op not in ("call_function", "call_method", "get_attr") or node.users or node.meta.get("unread"):
             continue
         name = op_name(node)
         if (name.endswith("_") and not name.endswith("__")) or name in _EFFECTFUL:

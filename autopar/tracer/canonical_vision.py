@@ -9,6 +9,11 @@ key                 target                  args
 =================== ======================= ==================================================
 conv2d              F.conv2d                (x, weight, bias|None, stride, padding, dilation, groups)
                                             stride/dilation 2-tuples; padding a 2-tuple or "same"/"valid"
+conv1d              F.conv1d                the same with 1-tuples
+group_norm          F.group_norm            (x, num_groups, weight|None, bias|None, eps)
+interpolate         F.interpolate           (x,) kwargs size, scale_factor, mode, align_corners,
+                                            recompute_scale_factor, antialias as the model gave them
+adaptive_avg_pool1d F.adaptive_avg_pool1d   (x, output_size: int)  resolved from the output
 batch_norm          F.batch_norm            (x, running_mean|None, running_var|None, weight|None,
                                             bias|None, training, momentum, eps)
 max_pool2d          F.max_pool2d            (x, kernel, stride, padding, dilation, ceil_mode)
@@ -28,7 +33,9 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-VISION_NAMES = frozenset({"conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "pad", "roll"})
+VISION_NAMES = frozenset({"conv2d", "conv1d", "batch_norm", "group_norm", "max_pool2d", "avg_pool2d",
+                          "adaptive_avg_pool2d", "adaptive_avg_pool1d", "interpolate", "pad", "roll"})
+_INTERPOLATE = ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias")
 
 
 def _pair(v) -> tuple[int, int]:
@@ -39,9 +46,13 @@ def _arg(node: fx.Node, i: int, name: str, default=None):
     return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
 
 
-def _set(node: fx.Node, key: str, target, args) -> None:
-    node.op, node.target, node.args, node.kwargs = "call_function", target, tuple(args), {}
+def _set(node: fx.Node, key: str, target, args, kwargs=None) -> None:
+    node.op, node.target, node.args, node.kwargs = "call_function", target, tuple(args), dict(kwargs or {})
     node.meta["op"] = key
+
+
+def _tuple(v, n: int) -> tuple[int, ...]:
+    return (int(v),) * n if isinstance(v, int) else tuple(int(i) for i in v)
 
 
 def canonicalize_vision(node: fx.Node, name: str) -> bool:
@@ -57,6 +68,20 @@ def canonicalize_vision(node: fx.Node, name: str) -> bool:
         _set(node, "conv2d", F.conv2d, (x, _arg(node, 1, "weight"), _arg(node, 2, "bias"),
                                          _pair(_arg(node, 3, "stride", 1)), padding,
                                          _pair(_arg(node, 5, "dilation", 1)), int(_arg(node, 6, "groups", 1))))
+    elif name == "conv1d":
+        padding = _arg(node, 4, "padding", 0)
+        padding = padding if isinstance(padding, str) else _tuple(padding, 1)
+        _set(node, "conv1d", F.conv1d, (x, _arg(node, 1, "weight"), _arg(node, 2, "bias"),
+                                         _tuple(_arg(node, 3, "stride", 1), 1), padding,
+                                         _tuple(_arg(node, 5, "dilation", 1), 1), int(_arg(node, 6, "groups", 1))))
+    elif name == "group_norm":
+        _set(node, "group_norm", F.group_norm, (x, int(_arg(node, 1, "num_groups")), _arg(node, 2, "weight"),
+                                                 _arg(node, 3, "bias"), _arg(node, 4, "eps", 1e-5)))
+    elif name == "interpolate":
+        given = {k: _arg(node, i + 1, k) for i, k in enumerate(_INTERPOLATE)}
+        _set(node, "interpolate", F.interpolate, (x,), {k: v for k, v in given.items() if v is not None})
+    elif name == "adaptive_avg_pool1d":
+        _set(node, "adaptive_avg_pool1d", F.adaptive_avg_pool1d, (x, int(out.shape[-1])))
     elif name == "batch_norm":
         names = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
         defaults = (None, None, None, None, False, 0.1, 1e-5)

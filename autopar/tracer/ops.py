@@ -112,10 +112,14 @@ OPS: dict[str, Prop] = {
         "hardtanh", "mish", "bitwise_not", "and_", "or_", "invert",
         "hardswish", "hardsigmoid", "relu6", "elu", "selu", "celu",  # vision activations
     ), P.POINTWISE),
+    # piecewise-constant pointwise ops: their gradient is 0, they keep nothing for backward
+    **dict.fromkeys(("sign", "sgn", "ceil", "floor", "round", "trunc"), P.POINTWISE | P.SAVES_NOTHING),
     # value-preserving casts: partial-preserving pointwise, may alias, follow their producer
     **dict.fromkeys(("to", "float", "half", "bfloat16"), P.POINTWISE | P.CAST | P.ALIAS | P.TRIVIAL | P.SAVES_NOTHING),
     "type_as": P.POINTWISE | P.CAST | P.ALIAS | P.SAVES_NOTHING,
     "contiguous": P.POINTWISE | P.CAST | P.ALIAS | P.TRIVIAL | P.SHAPE | P.SAVES_NOTHING,
+    "clone": P.POINTWISE | P.CAST | P.SHAPE | P.SAVES_NOTHING,  # a copy of the same values, new storage
+    "type": P.POINTWISE | P.ALIAS | P.SAVES_NOTHING,  # x.type(dtype): a cast, partial-preserving to a float dtype
     **dict.fromkeys(("long", "int", "bool"), _CASTS_TO_OTHER_KINDS),
     "double": _CASTS_TO_OTHER_KINDS,
     "dropout": P.POINTWISE | P.ALIAS | P.TRIVIAL | P.RANDOM,
@@ -124,12 +128,13 @@ OPS: dict[str, Prop] = {
     "getitem": P.VIEW | P.ALIAS | P.SHAPE | P.TRIVIAL | P.SAVES_NOTHING,
     **dict.fromkeys(("expand", "slice", "split"), P.VIEW | P.ALIAS | P.SHAPE | P.SAVES_NOTHING),
     **dict.fromkeys(("cat", "stack"), P.SHAPE | P.SAVES_NOTHING),
+    **dict.fromkeys(("repeat", "repeat_interleave"), P.SHAPE | P.SAVES_NOTHING),  # copies; backward sums them
     **dict.fromkeys(("device", "getattr"), P.META | P.ALIAS | P.SAVES_NOTHING),
-    # reductions that save nothing (their backward only broadcasts)
-    **dict.fromkeys(("sum", "mean"), P.SAVES_NOTHING),
-    # creation
-    **dict.fromkeys(("arange", "full", "zeros", "ones", "empty", "zeros_like", "ones_like", "full_like",
-                     "empty_like", "tensor"), P.CREATION),
+    # reductions that save nothing (their backward only broadcasts; arg-reductions have none)
+    **dict.fromkeys(("sum", "mean", "argmax", "argmin"), P.SAVES_NOTHING),
+    # creation (``zeros_like(x)`` and the other ``*_like`` are canonically ``x.new_zeros(shape)``)
+    **dict.fromkeys(("arange", "full", "zeros", "ones", "empty", "new_zeros", "new_ones", "new_full", "new_empty",
+                     "tensor"), P.CREATION),
     **dict.fromkeys(("rand", "randn"), P.CREATION | P.RANDOM),
     **dict.fromkeys(("randint", "rand_like", "randn_like", "bernoulli", "multinomial", "normal"), P.RANDOM),
 }
@@ -165,3 +170,6 @@ POINTWISE_LINEAR = ops_with(P.LINEAR)
 POINTWISE_MULTILINEAR = ops_with(P.MULTILINEAR)
 SHAPE_OPS = ops_with(P.SHAPE)
 CREATION_OPS = ops_with(P.CREATION)
+# creation ops whose every element is the same (zeros, ones, full, empty): any shard of the output is the same
+# tensor of the shard's shape, so they may be created sharded; (index-dependent arange, tensor, random: not)
+UNIFORM_CREATION = frozenset({"full", "zeros", "ones", "empty", "new_zeros", "new_ones", "new_full", "new_empty"})

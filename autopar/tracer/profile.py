@@ -103,8 +103,16 @@ def node_profile(node: fx.Node) -> NodeProfile:
     numel = sum(t.numel() for t in outs)
     args = node.args
 
-    if key in ("linear", "addmm", "matmul"):
-        a, b = (args[0], args[1]) if key != "addmm" else (args[1], args[2])
+    if key == "einsum":
+        sizes: dict[str, int] = {}
+        for term, a in zip(args[0].split("->")[0].split(","), args[1:]):
+            for c, n in zip(term, a.meta["val"].shape):
+                sizes[c] = max(sizes.get(c, 1), n)
+        fwd = 2.0 * math.prod(sizes.values())  # every letter's index, once: a multiply and an add
+        bwd = fwd * sum(_needs_grad(a) for a in args[1:])
+        saved = sum(_nbytes(a.meta["val"]) for a in args[1:] if not _is_held(a)) if bwd else 0
+    elif key in ("linear", "addmm", "matmul", "baddbmm"):
+        a, b = (args[0], args[1]) if key not in ("addmm", "baddbmm") else (args[1], args[2])
         av, bv = a.meta["val"], b.meta["val"]
         k = av.shape[-1] if av.dim() else 1
         fwd = 2.0 * out.numel() * k  # (M, K) x (K, N): 2*M*K*N

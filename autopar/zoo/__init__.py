@@ -126,5 +126,7 @@ def _load_families() -> None:
     """Import the families that register themselves (Hugging Face, timm)."""
     from autopar.zoo import (
         hf,  # noqa: F401
+        hf_decoders,  # noqa: F401
+        hf_others,  # noqa: F401
         timm_models,  # noqa: F401
     )

@@ -239,13 +239,17 @@ def vit(size: str, device, **overrides):
 
 
 # ---- fewer layers, same width: the per-layer ops of a published size, cheap to plan in tests --------
-LAYER_KEYS = {"gpt2": ("n_layer",), "t5": ("num_layers", "num_decoder_layers"),
-              "bart": ("encoder_layers", "decoder_layers")}
+LAYER_KEYS = {"gpt2": ("n_layer",), "gptj": ("n_layer",), "codegen": ("n_layer",), "bloom": ("n_layer",),
+              "t5": ("num_layers", "num_decoder_layers"), "bart": ("encoder_layers", "decoder_layers"),
+              "whisper": ("encoder_layers", "decoder_layers")}
 
 
 def build_with_layers(name: str, size: str, layers: int, *, device: str = "meta", seed: int = 0):
     """``zoo.build(name, size)`` with ``layers`` layers (each stack), everything else as published."""
+    from autopar.zoo import _REGISTRY, _load_families
+
+    _load_families()
     keys = LAYER_KEYS.get(name, ("num_hidden_layers",))
     torch.manual_seed(seed)
     with torch.device(device):
-        return globals()[name](size, device, **{k: layers for k in keys})
+        return _REGISTRY[name].build(size, device, **{k: layers for k in keys})

@@ -21,6 +21,7 @@ SIZES = ("tiny", "full")
 TINY_BATCH, TINY_IMAGE, TINY_CLASSES = 4, 32, 8
 FULL_BATCH, FULL_IMAGE, FULL_CLASSES = 64, 224, 1000
 NO_DROP = dict(drop_rate=0.0, drop_path_rate=0.0)
+NO_DROP_PATH = frozenset({"densenet121", "hrnet_w18_small"})  # models without stochastic depth
 
 
 class Classifier(torch.nn.Module):
@@ -49,7 +50,8 @@ def image_inputs(size: str, device, batch: int | None = None, image: int | None 
 def _create(name: str, size: str, tiny_kwargs: dict, device, *, batch: int | None = None, **always):
     import timm
 
-    kwargs = {**NO_DROP, **always, **(dict(tiny_kwargs, num_classes=TINY_CLASSES) if size == "tiny" else {})}
+    no_drop = NO_DROP if name not in NO_DROP_PATH else dict(drop_rate=0.0)
+    kwargs = {**no_drop, **always, **(dict(tiny_kwargs, num_classes=TINY_CLASSES) if size == "tiny" else {})}
     model = timm.create_model(name, pretrained=False, **kwargs)
     return Classifier(model), image_inputs(size, device, batch)
 
@@ -90,4 +92,79 @@ def efficientnet_b0(size: str, device, batch: int | None = None):
 
     model = _gen_efficientnet("efficientnet_b0", channel_multiplier=0.25, depth_multiplier=0.25, pretrained=False,
                               num_classes=TINY_CLASSES, **NO_DROP)
+    return Classifier(model), image_inputs(size, device, batch, image=2 * TINY_IMAGE)
+
+
+# ---- more families: depthwise mobile nets, dense connectivity, pooling mixers, attention with BatchNorm -------
+# DenseNet-121: dense blocks concatenating every layer's features, BatchNorm-ReLU-conv, transitions.
+densenet121 = _timm("densenet121", dict(growth_rate=8, block_config=(2, 2), bn_size=2))
+# LeViT-128: a conv stem, attention with BatchNorm'd projections and learned biases gathered per position pair.
+levit_128 = _timm("levit_128", dict(img_size=TINY_IMAGE, embed_dim=(16, 32), key_dim=4, depth=(1, 1),
+                                     num_heads=(2, 2)))
+
+
+@register("timm:poolformer_s12", SIZES, "full")
+def poolformer_s12(size: str, device, batch: int | None = None):
+    """PoolFormer-S12: MetaFormer blocks whose token mixer is an average pool, every norm a GroupNorm(1).
+    Tiny: one block per stage, 8-64 channels."""
+    if size == "full":
+        return _create("poolformer_s12", size, {}, device, batch=batch)
+    import torch.nn as nn
+    from timm.models.metaformer import GroupNorm1, MetaFormer
+
+    model = MetaFormer(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), downsample_norm=None, mlp_act=nn.GELU,
+                       mlp_bias=True, norm_layers=GroupNorm1, layer_scale_init_values=1e-5,
+                       res_scale_init_values=None, use_mlp_head=False, num_classes=TINY_CLASSES, **NO_DROP)
+    return Classifier(model), image_inputs(size, device, batch)
+
+
+@register("timm:mobilenetv3_large_100", SIZES, "full")
+def mobilenetv3_large_100(size: str, device, batch: int | None = None):
+    """MobileNetV3-Large: inverted residuals, hard-swish, squeeze-excite with hard-sigmoid. Tiny: multipliers of
+    0.25 and 64x64 images, as EfficientNet's (BatchNorm over a few values per channel is noisy in float32)."""
+    if size == "full":
+        return _create("mobilenetv3_large_100", size, {}, device, batch=batch)
+    from timm.models.mobilenetv3 import _gen_mobilenet_v3
+
+    model = _gen_mobilenet_v3("mobilenetv3_large_100", channel_multiplier=0.25, depth_multiplier=0.25,
+                              pretrained=False, num_classes=TINY_CLASSES, **NO_DROP)
+    return Classifier(model), image_inputs(size, device, batch, image=2 * TINY_IMAGE)
+
+
+@register("timm:maxvit_tiny_tf_224", SIZES, "full")
+def maxvit_tiny_tf_224(size: str, device, batch: int | None = None):
+    """MaxViT-T: MBConv blocks, then block (window) and grid attention on partitions of the feature map, with
+    relative position biases. Tiny: two stages of one block, partitions of 2x2 on 32x32 images."""
+    if size == "full":
+        return _create("maxvit_tiny_tf_224", size, {}, device, batch=batch)
+    import dataclasses
+
+    from timm.models.maxxvit import MaxxVit, model_cfgs
+
+    cfg = model_cfgs["maxvit_tiny_tf"]
+    cfg = dataclasses.replace(cfg, embed_dim=(16, 32), depths=(1, 1), block_type=("M", "M"), stem_width=16,
+                              head_hidden_size=32,
+                              transformer_cfg=dataclasses.replace(cfg.transformer_cfg, dim_head=8, partition_ratio=16))
+    model = MaxxVit(cfg, img_size=TINY_IMAGE, num_classes=TINY_CLASSES, **NO_DROP)
+    return Classifier(model), image_inputs(size, device, batch)
+
+
+def _hrnet_tiny_cfg() -> dict:
+    def stage(branches: int) -> dict:
+        return dict(num_modules=1, num_branches=branches, block_type="BASIC", num_blocks=(1,) * branches,
+                    num_channels=tuple(8 * 2 ** i for i in range(branches)), fuse_method="SUM")
+    return dict(stem_width=16, stage1=dict(num_modules=1, num_branches=1, block_type="BOTTLENECK", num_blocks=(1,),
+                                           num_channels=(8,), fuse_method="SUM"),
+                stage2=stage(2), stage3=stage(3), stage4=stage(4))
+
+
+@register("timm:hrnet_w18_small", SIZES, "full")
+def hrnet_w18_small(size: str, device, batch: int | None = None):
+    """HRNet-W18-small: parallel branches at four resolutions, fused by strided convs and nearest upsampling
+    (``interpolate``). Tiny: one block per branch, 8-64 channels, 64x64 images (the fourth branch is 2x2)."""
+    if size == "full":
+        return _create("hrnet_w18_small", size, {}, device, batch=batch)
+    from timm.models.hrnet import HighResolutionNet
+
+    model = HighResolutionNet(_hrnet_tiny_cfg(), num_classes=TINY_CLASSES, drop_rate=0.0)
     return Classifier(model), image_inputs(size, device, batch, image=2 * TINY_IMAGE)

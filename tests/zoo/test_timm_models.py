@@ -20,6 +20,12 @@ from tests.test_autoparallelize import train_and_compare
 RTOL, ATOL = 1e-4, 1e-5
 MODELS = ["timm:vit_base_patch16_224", "timm:deit_base_patch16_224", "timm:resnet50", "timm:convnext_tiny",
           "timm:swin_tiny_patch4_window7_224", "timm:efficientnet_b0", "timm:regnetx_002"]
+# added by issue 11 (their published sizes plan without fallback in tests/zoo/test_no_fallback.py). MobileNetV3
+# and HRNet are not trained on 2x2 here: their tiny float32 gradients differ from float64 ones by more than
+# atol on a single device already (BatchNorm over a few values per channel: 1.7e-5 and 6e-3).
+NEW = ["timm:poolformer_s12", "timm:densenet121", "timm:levit_128", "timm:mobilenetv3_large_100",
+       "timm:maxvit_tiny_tf_224", "timm:hrnet_w18_small"]
+TRAINED_NEW = ["timm:poolformer_s12", "timm:densenet121", "timm:levit_128", "timm:maxvit_tiny_tf_224"]
 
 
 def _close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
@@ -27,7 +33,7 @@ def _close(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 # ---- tier 1 -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS + NEW)
 def test_traced_forward_equals_eager(name):
     from autopar import zoo
     from autopar.tracer import trace
@@ -95,8 +101,10 @@ def check_sync_batch_norm(rank: int, world_size: int) -> int:
 
     cluster = autopar.ClusterInfo.preset("cpu:2x2")
     mesh, sc = RuntimeMesh(cluster), ShapeConsistencyManager(cluster)
-    # (x spec, stored spec of the running stats): batch on both axes; batch on 0 with channels on 1
-    layouts = [("S01RRR", "S1"), ("S0S1RR", "R"), ("S0S1RR", "S1")]
+    # (x spec, stored spec of the running stats): batch on both axes; batch on 0 with channels on 1; channels
+    # only, stored whole (no statistics to sync: F.batch_norm on a local split of the buffers, which must not be
+    # a view of them, since the buffers are written back while batch_norm's backward still reads its copy)
+    layouts = [("S01RRR", "S1"), ("S0S1RR", "R"), ("S0S1RR", "S1"), ("RS01RR", "R")]
     for x_text, stored_text in layouts:
         torch.manual_seed(1)
         ref = torch.nn.BatchNorm2d(8)
@@ -169,8 +177,9 @@ def check_timm_cases(rank: int, world_size: int, cases, mesh_shape) -> dict:
         train_and_compare(ref, pm, inputs, where, eps=1e-4, buffers=True)
         state = pm.full_state_dict()
         bn = [r for r in pm.plan.rows if r.op == "batch_norm"]
+        batch_split = [r for r in bn if any(axes for d, axes in enumerate(r.strategy.inputs[0].dims) if d != 1)]
         report["models"][where] = {
-            "batch_split_bn": sum(1 for r in bn if any(r.strategy.inputs[0].dims[d] for d in (0, 2, 3))),
+            "batch_split_bn": len(batch_split),
             "bn": len(bn), "sharded_params": sum(not pm.param_spec(n).is_replicated() for n in state),
             "seconds": round(time.perf_counter() - t0, 1)}
     return report
@@ -178,13 +187,13 @@ def check_timm_cases(rank: int, world_size: int, cases, mesh_shape) -> dict:
 
 # every model as built by the zoo, and ResNet with batch 8 on a network without latency: the solver then
 # splits the batch of most BatchNorms (with alpha = 50 us it prefers channel splits at these sizes)
-CASES = [(name, None, None) for name in MODELS] + [("timm:resnet50", 8, 1e-7)]
+CASES = [(name, None, None) for name in MODELS + TRAINED_NEW] + [("timm:resnet50", 8, 1e-7)]
 
 
 def test_tiny_models_train_like_single_device_on_2x2():
     report = run_distributed(check_timm_cases, 4, CASES, (2, 2), timeout=1200)[0]
     print(report)
-    assert report["sync_batch_norm_layouts"] == 3
+    assert report["sync_batch_norm_layouts"] == 4
     assert len(report["models"]) == len(CASES)
     resnet_dp = next(v for k, v in report["models"].items() if "batch 8" in k)
     assert resnet_dp["batch_split_bn"] > 0, f"no BatchNorm ran batch-split: {resnet_dp}"

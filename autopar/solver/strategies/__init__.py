@@ -26,6 +26,7 @@ from autopar.solver.strategies import (  # noqa: F401  (importing registers the 
     pointwise,
     pool,
     reduction,
+    repeat,
     shape,
 )
 from autopar.solver.strategies.base import CHECKS, RULES, AxisOption, expand, is_tuple_meta, tmeta

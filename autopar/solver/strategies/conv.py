@@ -13,7 +13,8 @@ Per mesh axis:
   divide g (``conv2d_check``; for depthwise convs Ci = g, so that is Ci's own divisibility);
 - y is linear in x: x partial, w replicated, gives a partial y.
 
-Spatial dims are never split (a split would need halo exchanges).
+Spatial dims are never split (a split would need halo exchanges). conv1d (Whisper's audio stem),
+y (N, Co, Lo) from x (N, Ci, L) and w (Co, Ci/g, k), has the same layout and the same rule.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from autopar.solver.strategies.base import AxisOption, P, R, register, register_
 from autopar.spec import ShardingSpec
 
 
-@register("conv2d")
+@register("conv2d", "conv1d")
 def conv2d_rule(node: fx.Node) -> list[AxisOption]:
     x, w, b = node.args[:3]
     groups = node.args[6]
@@ -43,7 +44,7 @@ def conv2d_rule(node: fx.Node) -> list[AxisOption]:
     return opts
 
 
-@register_check("conv2d")
+@register_check("conv2d", "conv1d")
 def conv2d_check(node: fx.Node, specs: Sequence[ShardingSpec | None], mesh_shape: Sequence[int]) -> bool:
     """A grouped conv split on channels needs whole groups on every rank: shards(Co) divides g."""
     groups, out = node.args[6], specs[0]

@@ -8,16 +8,23 @@ index: ``y = x[i_0, ..., i_{m-1}]`` with m integer index tensors broadcast to a 
 - split a trailing dim d >= m of x: y is split on ``nb + d - m``, the indices replicated;
 - y is linear in x: a partial (floating-point) x with replicated indices gives a partial y.
 
-Other layouts (slices or None mixed with tensors) get no rule yet and fall back to replicated.
+Slices, None, Ellipsis and ints may stand beside the advanced indices (Falcon's ``qkv[..., [-2], :]``,
+LeViT's ``biases[:, idxs]``): a whole slice's dim splits on x and y alike; B's dims split only when
+every advanced index is a tensor (a list is a constant every rank holds whole). A bool mask (a
+data-dependent shape) has no rule.
 
 gather: ``y[.., j, ..] = x[.., index[.., j, ..], ..]`` along ``dim``, y of index's shape. Split ``dim``
 on y and index with x replicated, or another dim d on x, index and y alike (when x and index have
 the same size there); linear in x.
 
 topk: (values, indices) along ``dim``: split any other dim; both outputs follow.
+
+scatter (x, dim, index, src|value): ``y = x`` with ``y[.., index[.., j, ..], ..] = src[.., j, ..]``
+along ``dim``: split a dim d != dim where x, index (and src) have the same size, all alike.
 """
 from __future__ import annotations
 
+import torch
 import torch.fx as fx
 
 from autopar.solver.strategies.base import AxisOption, P, R, broadcast_place, register, shape, tmeta
@@ -28,22 +35,61 @@ def _floating(node: fx.Node) -> bool:
     return tmeta(node).dtype.is_floating_point
 
 
+def _index_layout(x_shape, out_shape, index):
+    """(x dim -> y dim of each whole slice, y dims of the broadcast index shape B, tensor indices) of
+    ``x[index]``, or None when the index has forms this rule does not follow (a bool mask, slices with
+    tensor bounds). Torch's rule: the advanced indices (tensors, lists, and ints beside them) broadcast
+    to B; B's dims stand where the advanced block is when it is contiguous, else first."""
+    items = index if isinstance(index, tuple) else (index,)
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    expanded = []
+    for i in items:
+        expanded += [slice(None)] * (len(x_shape) - consumed) if i is Ellipsis else [i]
+    expanded += [slice(None)] * (len(x_shape) - sum(1 for i in expanded if i is not None))
+    advanced = [k for k, i in enumerate(expanded) if isinstance(i, (fx.Node, list, int)) and not isinstance(i, bool)]
+    for i in expanded:
+        if isinstance(i, fx.Node) and (shape(i) is None or tmeta(i).dtype == torch.bool):
+            return None
+        if isinstance(i, slice) and any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)):
+            return None
+    if any(isinstance(i, (bool, torch.Tensor)) for i in expanded) or not advanced:
+        return None
+    nb = len(out_shape) - sum(1 for i in expanded if i is None or isinstance(i, slice))
+    block = advanced == list(range(advanced[0], advanced[-1] + 1))
+    whole, b_at, d_in, d_out = {}, 0 if not block else None, 0, nb if not block else 0
+    for k, i in enumerate(expanded):
+        if block and k == advanced[0]:
+            b_at, d_out = d_out, d_out + nb
+        if i is None:
+            d_out += 1
+        elif isinstance(i, slice):
+            if _whole(i, x_shape[d_in]):
+                whole[d_in] = d_out
+            d_in, d_out = d_in + 1, d_out + 1
+        else:
+            d_in += 1
+    tensors = [i for i in expanded if isinstance(i, fx.Node)]
+    splittable_b = not any(isinstance(i, list) for i in expanded)  # constant lists cannot be cut per rank
+    return whole, (list(range(b_at, b_at + nb)) if splittable_b else []), tensors
+
+
 @register("index")
 def index_rule(node: fx.Node) -> list[AxisOption]:
-    """y = x[i_0, ..., i_{m-1}] (tensor indices only): split y's batch dims (indices follow) or x's trailing dims."""
+    """y = x[index] with advanced indices: split a whole-sliced dim (x and y alike, the indices whole) or a
+    dim of the broadcast index shape (the index tensors where they have it, x whole)."""
     x, index = node.args[0], node.args[1]
-    items = index if isinstance(index, tuple) else (index,)
-    if not all(isinstance(i, fx.Node) and shape(i) is not None for i in items):
-        node.meta["fallback"] = True  # slices, None or Ellipsis beside tensor indices: no rule yet
+    xs, out = shape(x), shape(node)
+    layout = _index_layout(xs, out, index)
+    if layout is None:
+        node.meta["fallback"] = True  # a bool mask or tensor slice bounds: no rule
         return []
-    xs, out, m = shape(x), shape(node), len(items)
-    nb = len(out) - (len(xs) - m)
-    batch = out[:nb]
-    opts = [AxisOption(j, ((x, R),) + tuple((i, broadcast_place(j, batch, shape(i))) for i in items))
-            for j in range(nb) if out[j] > 1]
-    opts += [AxisOption(nb + d - m, ((x, d),) + tuple((i, R) for i in items)) for d in range(m, len(xs)) if xs[d] > 1]
+    whole, b_dims, tensors = layout
+    batch = tuple(out[j] for j in b_dims)
+    opts = [AxisOption(j, ((x, R),) + tuple((i, broadcast_place(b, batch, shape(i))) for i in tensors))
+            for b, j in enumerate(b_dims) if out[j] > 1]
+    opts += [AxisOption(j, ((x, d),) + tuple((i, R) for i in tensors)) for d, j in whole.items() if xs[d] > 1]
     if _floating(x):
-        opts.append(AxisOption(P, ((x, P),) + tuple((i, R) for i in items)))
+        opts.append(AxisOption(P, ((x, P),) + tuple((i, R) for i in tensors)))
     return opts
 
 
@@ -109,3 +155,13 @@ def setitem_copy_rule(node: fx.Node) -> list[AxisOption]:
     vs = shape(value) if isinstance(value, fx.Node) else None
     return [AxisOption(d, ((x, d),) + (((value, broadcast_place(r, result, vs)),) if vs is not None else ()))
             for d, r in whole.items() if xs[d] > 1]
+
+
+@register("scatter")
+def scatter_rule(node: fx.Node) -> list[AxisOption]:
+    """y = x.scatter(dim, index, src): split a dim other than ``dim`` that x, index and src share."""
+    x, dim, index, src = node.args[:4]
+    xs = shape(x)
+    others = [t for t in (index, src) if isinstance(t, fx.Node) and shape(t) is not None]
+    return [AxisOption(d, ((x, d),) + tuple((t, d) for t in others)) for d in range(len(xs))
+            if d != dim and xs[d] > 1 and all(shape(t)[d] == xs[d] for t in others)]

@@ -10,8 +10,6 @@ and pads along one dim, binary min/max, and factories reading another tensor's d
 - pad (x, pad, mode, value): only the dims with nonzero padding change: split the others.
 - min / max of two tensors: the elementwise ``minimum`` / ``maximum``. (The reductions
   ``min(x, dim)`` return (values, indices); a rule for them is not offered, they fall back.)
-- new_ones / new_zeros / new_full / new_empty: creation ops; the tensor is read for dtype and
-  device only, the output is replicated like every creation op's.
 """
 from __future__ import annotations
 
@@ -27,7 +25,6 @@ from autopar.solver.strategies.base import (
     tensor_args,
     tmeta,
 )
-from autopar.solver.strategies.placeholder import creation_rule
 
 
 def arg(node: fx.Node, i: int, name: str, default=None):
@@ -77,6 +74,3 @@ def minmax_rule(node: fx.Node) -> list[AxisOption]:
         node.meta["fallback"] = True  # the (values, indices) reduction: no rule
         return []
     return split_options(shape(node), operands)
-
-
-register("new_ones", "new_zeros", "new_full", "new_empty")(creation_rule)

@@ -1,4 +1,4 @@
-"""linear, addmm, matmul: rules generated from einsum-style letter strings.
+"""linear, addmm, matmul, baddbmm, einsum: rules generated from einsum-style letter strings.
 
 For ``y = einsum(operands)`` on one mesh axis:
 
@@ -13,6 +13,9 @@ A bias added to the output follows the output: split where it has the letter, R 
 broadcast, and P when the output is P (the runtime turns a replicated bias into a partial one).
 
 Per axis, linear x (b, k) @ W(n, k)^T has 5 options: R, S(b), S(n), S(k) -> P, P(x) -> P.
+baddbmm (b, m, n) = beta * input + alpha * (b, m, k) @ (b, k, n) is the same with input as the bias
+(BLOOM's ALiBi scores); einsum reads its letters from the equation (a letter repeated within one
+operand, a diagonal, is never split).
 """
 from __future__ import annotations
 
@@ -97,3 +100,33 @@ def matmul_rule(node: fx.Node) -> list[AxisOption]:
     b_letters = _aligned(batch, sb[:b_batch], so[:nbatch]) + bl
     linear_in = [] if a is b else [a, b]  # x @ x is quadratic in x
     return einsum_options(outl, [(a, a_letters), (b, b_letters)], linear_in=linear_in)
+
+
+@register("baddbmm")
+def baddbmm_rule(node: fx.Node) -> list[AxisOption]:
+    """y (b, m, n) = beta * input + alpha * b1 (b, m, k) @ b2 (b, k, n); input broadcasts against y."""
+    bias, b1, b2 = node.args[:3]
+    outl = ["b", "m", "n"]
+    bias_l = (bias, _aligned(outl, shape(bias), shape(node))) if isinstance(bias, fx.Node) else None
+    linear_in = [] if b1 is b2 else [b1, b2]
+    return einsum_options(outl, [(b1, ["b", "m", "k"]), (b2, ["b", "k", "n"])], linear_in=linear_in, bias=bias_l)
+
+
+@register("einsum")
+def einsum_rule(node: fx.Node) -> list[AxisOption]:
+    """y = einsum("ij,jk->ik", a, b) (the canonical, explicit equation): its letters are the dims."""
+    lhs, out = node.args[0].split("->")
+    operands = list(node.args[1:])
+    sizes: dict[str, int] = {}
+    for term, op in zip(lhs.split(","), operands):
+        for c, n in zip(term, shape(op)):
+            sizes[c] = max(sizes.get(c, 1), n)
+    diagonal = {c for term in lhs.split(",") for c in term if term.count(c) > 1} | {c for c in out if out.count(c) > 1}
+
+    def letters(term: str, shp) -> list[str | None]:  # broadcast (size-1) and diagonal letters are never split
+        return [None if c in diagonal or (n == 1 and sizes[c] != 1) else c for c, n in zip(term, shp)]
+
+    pairs = [(op, letters(term, shape(op))) for term, op in zip(lhs.split(","), operands)]
+    nodes = [op for op in operands if isinstance(op, fx.Node)]
+    linear_in = [op for op in dict.fromkeys(nodes) if nodes.count(op) == 1] if len(nodes) > 1 else nodes
+    return einsum_options(letters(out, shape(node)), pairs, linear_in=linear_in)

@@ -9,6 +9,8 @@ Every group may split the output on any dim; each tensor input is split on the m
   others replicated on that axis.
 - casts (to, float, contiguous, ...): the identity on values, partial in, partial out.
 - everything else (gelu, exp, dropout, where, ...) needs non-partial inputs.
+
+``x.type(dtype)`` is a cast to a floating dtype (partial in, partial out), else any split only.
 """
 from __future__ import annotations
 
@@ -16,12 +18,12 @@ import numbers
 
 import torch.fx as fx
 
-from autopar.solver.strategies.base import AxisOption, P, R, register, shape, split_options, tensor_args
+from autopar.solver.strategies.base import AxisOption, P, R, register, shape, split_options, tensor_args, tmeta
 from autopar.tracer.ops import POINTWISE, POINTWISE_LINEAR, POINTWISE_MULTILINEAR, Prop, ops_with
 
 CASTS = ops_with(Prop.CAST)
 NUMERATOR_LINEAR = frozenset({"div", "truediv"})
-NONLINEAR = POINTWISE - POINTWISE_LINEAR - POINTWISE_MULTILINEAR - CASTS - NUMERATOR_LINEAR
+NONLINEAR = POINTWISE - POINTWISE_LINEAR - POINTWISE_MULTILINEAR - CASTS - NUMERATOR_LINEAR - {"type"}
 
 
 def _operands(node: fx.Node) -> list[fx.Node]:
@@ -76,3 +78,11 @@ def cast_rule(node: fx.Node) -> list[AxisOption]:
     opts = [AxisOption(d, ((x, d),) + others) for d in range(len(shape(node))) if shape(node)[d] > 1]
     opts.append(AxisOption(P, ((x, P),) + others))
     return opts
+
+
+@register("type")
+def type_rule(node: fx.Node) -> list[AxisOption]:
+    """y = x.type(dtype): a cast rule to a floating dtype, else elementwise."""
+    if tmeta(node).dtype.is_floating_point and tmeta(node.args[0]).dtype.is_floating_point:
+        return cast_rule(node)
+    return nonlinear_rule(node)

@@ -4,6 +4,8 @@ Split a kept dim: the output is split on the same dim (renumbered when dims are 
 Split a reduced dim: sum/mean give a partial output (each rank reduces its shard; for mean the
 runtime scales by local/global count), amax/amin are not sums, so that is not offered.
 sum and mean are linear: a partial input gives a partial output.
+argmax, argmin (x, dim|None, keepdim): the position of the extreme along ``dim``: split any other
+dim (of the flattened x, with dim None: none).
 """
 from __future__ import annotations
 
@@ -51,3 +53,12 @@ def sum_rule(node: fx.Node) -> list[AxisOption]:
 @register("amax", "amin")
 def amax_rule(node: fx.Node) -> list[AxisOption]:
     return _options(node, linear=False)
+
+
+@register("argmax", "argmin")
+def argmax_rule(node: fx.Node) -> list[AxisOption]:
+    x, dim, keepdim = node.args[:3]
+    xs = shape(x)
+    if dim is None:
+        return []
+    return [AxisOption(d if keepdim or d < dim else d - 1, ((x, d),)) for d in range(len(xs)) if d != dim and xs[d] > 1]
