@@ -26,7 +26,7 @@ def plan(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *, p
     opts = PlanOptions.of(**options)
     say = progress or (lambda line: None)
     with stage(say, "tracing"):
-        gm = trace(model, example_inputs)
+        gm = trace(model, example_inputs, outputs=opts.outputs)
     return plan_graph(gm, cluster_info, opts, say)
 
 
@@ -54,13 +54,14 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
                            "or call autopar.plan(...) to plan without weights")
     opts = PlanOptions.of(plan.options if plan is not None else None, **options)
     mesh = RuntimeMesh(cluster_info)
-    gm = trace(model, example_inputs)
+    gm = trace(model, example_inputs, outputs=opts.outputs)
     if plan is not None:
         plan.check_matches(gm, cluster_info, opts)
         chosen = plan
     else:
         chosen = _broadcast_plan(lambda: plan_graph(gm, cluster_info, opts, progress or (lambda line: None)))
-    module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster_info))
+    module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster_info),
+                      bucket_bytes=opts.bucket_bytes, local_outputs=opts.outputs == "local")
     if kernels_enabled(mesh.device, opts.kernels):
         module.kernel_substitutions = tuple(swap_kernels(module, force=True))
     if chosen.checkpoint is not None:

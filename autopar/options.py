@@ -28,6 +28,11 @@ class PlanOptions:
       the fitted one; a tuple of module names: exactly those modules, each one region.
     - ``time_limit``: seconds for each ILP solve.
     - ``kernels``: swap in autopar's Triton kernels at run time (None: on CUDA only).
+    - ``outputs``: what the module returns: "all" (every output, gathered whole), "loss" (only the
+      loss: nothing else is gathered, or computed if nothing needs it), a tuple of a ModelOutput's
+      field names, or "local" (every output as this rank's shard, a ``ShardedOutput``).
+    - ``bucket_bytes``: size of the chunks replicated parameters' gradients are reduced in (as DDP's
+      ``bucket_cap_mb``); the cost model prices one collective per chunk.
     """
 
     memory_budget: float | None = None
@@ -35,10 +40,18 @@ class PlanOptions:
     checkpoint: str | tuple[str, ...] | None = None
     time_limit: float = 60.0
     kernels: bool | None = None
+    bucket_bytes: int = 25 * 2**20
+    outputs: str | tuple[str, ...] = "all"
 
     def __post_init__(self) -> None:
         if isinstance(self.checkpoint, list):
             object.__setattr__(self, "checkpoint", tuple(self.checkpoint))
+        if isinstance(self.outputs, list):
+            object.__setattr__(self, "outputs", tuple(self.outputs))
+        outs = self.outputs
+        if not (outs in ("all", "loss", "local") or (isinstance(outs, tuple) and outs
+                                                     and all(isinstance(n, str) for n in outs))):
+            raise AutoparError(f"outputs must be 'all', 'loss', 'local' or a list of output field names, got {outs!r}")
         budget = self.memory_budget
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                    or not budget > 0 or math.isnan(budget)):
@@ -52,6 +65,9 @@ class PlanOptions:
             raise AutoparError(f"checkpoint must be None, 'none', 'auto' or a list of module names, got {ckpt!r}")
         if not (isinstance(self.time_limit, (int, float)) and self.time_limit > 0):
             raise AutoparError(f"time_limit must be a positive number of seconds, got {self.time_limit!r}")
+        if isinstance(self.bucket_bytes, bool) or not isinstance(self.bucket_bytes, int) or self.bucket_bytes < 1:
+            raise AutoparError(f"bucket_bytes must be a positive integer (bytes per gradient chunk), "
+                               f"got {self.bucket_bytes!r}")
         if self.kernels not in (None, True, False):
             raise AutoparError(f"kernels must be None (on CUDA only), True or False, got {self.kernels!r}")
 
@@ -79,6 +95,8 @@ class PlanOptions:
         data = asdict(self)
         if isinstance(self.checkpoint, tuple):
             data["checkpoint"] = list(self.checkpoint)
+        if isinstance(self.outputs, tuple):
+            data["outputs"] = list(self.outputs)
         if self.memory_budget == math.inf:
             data["memory_budget"] = "inf"  # no budget (JSON has no infinity)
         return data

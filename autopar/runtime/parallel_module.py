@@ -6,7 +6,7 @@ which every rank calls with the same global inputs, getting the full outputs bac
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
@@ -25,12 +25,45 @@ class ParamLayout:
     is_param: bool  # a Parameter (else a buffer)
 
 
+@dataclass(frozen=True)
+class ShardedOutput:
+    """An output left on the mesh (``outputs="local"``): this rank's ``local`` piece of a ``shape`` tensor
+    laid out as ``spec``. ``full()`` gathers it (collective: call it on every rank) into what
+    ``outputs="all"`` would have returned, gradient included (every rank seeds the same loss, so its
+    gradient is scaled by 1/world as codegen scales gathered outputs)."""
+
+    local: torch.Tensor
+    spec: ShardingSpec
+    shape: tuple[int, ...]
+    _owner: object = field(repr=False, compare=False, default=None)
+
+    def full(self) -> torch.Tensor:
+        from autopar.runtime.codegen import scale_grad
+
+        mesh = self._owner.mesh
+        whole = self._owner.sc.apply(self.local, self.spec, ShardingSpec.replicate(len(self.shape)), self.shape, mesh)
+        return scale_grad(whole, 1.0 / mesh.world_size)
+
+
+class LocalOutput(torch.nn.Module):
+    """``self.local_out(x, 'S0RR', (4, 16, 128))`` in the per-rank graph: x as a ShardedOutput."""
+
+    def __init__(self, sc, mesh) -> None:
+        super().__init__()
+        self.sc, self.mesh = sc, mesh
+
+    def forward(self, x, spec: str, shape: tuple[int, ...]) -> ShardedOutput:
+        return ShardedOutput(x, ShardingSpec.parse(spec), tuple(shape), self)
+
+
 class ParallelModule(fx.GraphModule):
-    def _setup(self, *, mesh, sc, params: dict[str, ParamLayout], pieces: dict[str, FusedPiece] | None = None) -> None:
+    def _setup(self, *, mesh, sc, params: dict[str, ParamLayout], pieces: dict[str, FusedPiece] | None = None,
+               grad_sync=None) -> None:
         # pieces: the stored pieces of weights the tracer cut (tracer/fused.py); gathered state and
         # gradients join them back under the original name.
         self._mesh, self._sc, self._params = mesh, sc, params
         self._pieces = dict(pieces or {})
+        self._grad_sync = grad_sync  # grad_sync.GradSync: the chunks of the replicated parameters
         self.plan = None  # the Plan this module runs (autopar.solver.full_plan)
         self.checkpoint_plan = None  # CheckpointPlan when regions recompute in backward
         self.kernel_substitutions = ()  # kernel_pass.Substitution records, when kernels ran
@@ -48,6 +81,11 @@ class ParallelModule(fx.GraphModule):
     @property
     def mesh(self):
         return self._mesh
+
+    def no_sync(self):
+        """Gradient accumulation: inside, backward sums gradients locally; the next backward outside reduces
+        them all at once (``.grad`` is written then), as DDP's ``no_sync``."""
+        return self._grad_sync.no_sync()
 
     def param_spec(self, name: str) -> ShardingSpec:
         """The spec a parameter is stored in, by its original name (for a weight stored in pieces, the

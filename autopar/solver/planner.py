@@ -31,6 +31,7 @@ from autopar.options import PlanOptions
 from autopar.solver.checkpoint import CheckpointPlan, chain_of, forward_time, module_regions, plan_checkpoints
 from autopar.solver.checkpoint_dp import min_peak, no_checkpoint
 from autopar.solver.checkpoint_saved import saved_storages
+from autopar.solver.cost_model import Pricing
 from autopar.solver.full_plan import Plan, graph_fingerprint, input_specs
 from autopar.solver.plan import ShardingPlan, choice_of
 from autopar.solver.timeline import Timeline, background, simulate
@@ -66,7 +67,7 @@ class Planner:
         self.sg = strategy_graph
         if self.sg is None:
             with stage(say, f"strategies for {len(gm.graph.nodes)} nodes"):
-                self.sg = build_strategies(gm, cluster, optimizer=options.optimizer, bar=getattr(say, "bar", None))
+                self.sg = build_strategies(gm, cluster, pricing=Pricing.of(options), bar=getattr(say, "bar", None))
         self.mm = MemoryModel(self.sg, options.optimizer)
         self.red = reduce(self.sg)
         self._solved: dict[float, ShardingPlan | InfeasibleBudgetError] = {}

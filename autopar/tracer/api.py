@@ -15,11 +15,12 @@ import torch.fx as fx
 from autopar.tracer.canonical import canonicalize
 from autopar.tracer.colo_tracer import ColoTracer
 from autopar.tracer.fused import split_fused_projections
+from autopar.tracer.outputs import select_outputs
 from autopar.tracer.profile import profile_graph
 
 
 def trace(
-    model: torch.nn.Module, example_inputs: Any, *, concrete_args: dict[str, Any] | None = None
+    model: torch.nn.Module, example_inputs: Any, *, concrete_args: dict[str, Any] | None = None, outputs="all"
 ) -> fx.GraphModule:
     """Trace ``model`` into a ``GraphModule`` whose nodes all carry the ``autopar.tracer.meta`` keys.
 
@@ -28,7 +29,8 @@ def trace(
     the inputs; plain values (bools, None, ints) and ``concrete_args`` are baked into the trace.
     ``use_cache=False`` is passed when ``forward`` takes ``use_cache`` and no value was given.
     The model may live on ``meta``; no weight is allocated. Calling the result with the same
-    inputs returns what the model returns (for Hugging Face models, the same ``ModelOutput``).
+    inputs returns what the model returns (for Hugging Face models, the same ``ModelOutput``), or the
+    fields ``outputs`` selects (``autopar.tracer.outputs``: "all", "loss", "local" or names).
     """
     tracer = ColoTracer()
     graph = tracer.trace_model(model, example_inputs, concrete_args)
@@ -40,6 +42,7 @@ def trace(
         if node.op == "output":  # the flat tuple of output values
             node.meta["val"] = fx.node.map_arg(node.args[0], lambda n: n.meta.get("val"))
     canonicalize(gm)
+    select_outputs(gm, outputs)  # before profiling: what nobody reads is not traced at all
     split_fused_projections(gm)  # q, k, v of one fused matmul: one matmul each (fused.py)
     profile_graph(gm)
     gm.recompile()
