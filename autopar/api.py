@@ -8,6 +8,7 @@ from autopar.cluster import ClusterInfo
 from autopar.errors import AutoparError
 from autopar.options import PlanOptions
 from autopar.solver.full_plan import Plan, load_plan  # noqa: F401  (autopar.load_plan)
+from autopar.solver.planner import plan_graph, stage
 
 
 def plan(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *, progress=None,
@@ -20,7 +21,6 @@ def plan(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *, p
     ``time_limit``, ``kernels``), the same keywords ``autoparallelize`` takes. ``progress``: called
     with a line as each stage starts and ends (the CLI prints them).
     """
-    from autopar.solver.planner import plan_graph, stage
     from autopar.tracer import trace
 
     opts = PlanOptions.of(**options)
@@ -45,7 +45,6 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
     from autopar.runtime.kernel_pass import kernels_enabled, swap_kernels
     from autopar.runtime.mesh import RuntimeMesh
     from autopar.runtime.shape_consistency import ShapeConsistencyManager
-    from autopar.solver.planner import plan_graph
     from autopar.tracer import trace
 
     if any(p.is_meta for p in model.parameters()):

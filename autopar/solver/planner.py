@@ -33,6 +33,7 @@ from autopar.solver.checkpoint_dp import min_peak, no_checkpoint
 from autopar.solver.checkpoint_saved import saved_storages
 from autopar.solver.cost_model import Pricing
 from autopar.solver.full_plan import Plan, graph_fingerprint, input_specs
+from autopar.solver.ilp import solve  # imports pulp now: its import keeps a traceback, and so the frames above it
 from autopar.solver.plan import ShardingPlan, choice_of
 from autopar.solver.timeline import Timeline, background, simulate
 
@@ -77,8 +78,6 @@ class Planner:
     # ---- stage 1 --------------------------------------------------------------------------
     def solve(self, budget: float) -> ShardingPlan:
         """Stage 1 at ``budget`` bytes per device (INF: none); raises InfeasibleBudgetError."""
-        from autopar.solver.ilp import solve
-
         if budget not in self._solved:
             try:
                 with stage(self.say, f"ILP at {_bytes(budget)} per device (time limit {self.options.time_limit:g} s)"):

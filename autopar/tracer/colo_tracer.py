@@ -58,6 +58,16 @@ class _FlatOutputCodeGen(_PyTreeCodeGen):
         return inputs
 
 
+def _fill_override_caches() -> None:
+    import torch.overrides as overrides
+
+    for name in ("get_ignored_functions", "get_testing_overrides", "get_default_nowrap_functions",
+                 "_get_overridable_functions", "_get_tensor_methods"):
+        fn = getattr(overrides, name, None)
+        if fn is not None:
+            fn()
+
+
 def _is_device_literal(a) -> bool:
     return isinstance(a, torch.device)
 
@@ -166,9 +176,12 @@ class ColoTracer(fx.Tracer):
         for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
             self._attr_meta[name] = t
             self._aliases[id(t)] = (*self._aliases.get(id(t), ()), name)
-        # torch.device("meta") as a context caches the factory functions on first use: fill that
-        # cache with the real functions before they are patched (else later contexts miss them).
+        # torch caches tables of functions on first use (torch.device("meta") as a context: its factory
+        # functions; torch.overrides: the ignored / overridable ones): fill every cache with the real
+        # functions before they are patched, else the rest of the process sees the patched ones (which
+        # also hold this tracer, and through it the model's parameters).
         torch.utils._device._device_constructors()
+        _fill_override_caches()
         factories = {n: getattr(torch, n) for n in FACTORY_FUNCTIONS if hasattr(torch, n)}
         self._factories = set(factories.values())
         try:

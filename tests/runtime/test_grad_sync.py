@@ -39,7 +39,7 @@ class _Count:
 def check_grad_sync(rank: int, world_size: int) -> dict:
     import autopar
     from autopar import zoo
-    from tests.test_autoparallelize import RTOL, ATOL
+    from tests.test_autoparallelize import ATOL, RTOL
 
     model, inputs = zoo.build("gpt2", "tiny", device="cpu", seed=0)
     cluster = autopar.ClusterInfo.preset(f"cpu:{world_size}")
@@ -57,7 +57,7 @@ def check_grad_sync(rank: int, world_size: int) -> dict:
     ref(**inputs).loss.backward()
     grads = pm.full_grads()
     for name, p in ref.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=RTOL, atol=ATOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads[name], p.grad, rtol=RTOL, atol=ATOL, msg=lambda m, name=name: f"{name}: {m}")
     # gradient accumulation: two micro-batches, only the second backward reduces
     pm.zero_grad(set_to_none=True)
     ref.zero_grad(set_to_none=True)
@@ -73,13 +73,13 @@ def check_grad_sync(rank: int, world_size: int) -> dict:
     (ref(**inputs).loss + ref(**other).loss).backward()
     grads = pm.full_grads()
     for name, p in ref.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=RTOL, atol=ATOL, msg=lambda m: f"accumulated {name}: {m}")
+        torch.testing.assert_close(grads[name], p.grad, rtol=RTOL, atol=ATOL, msg=lambda m, name=name: f"accumulated {name}: {m}")
     # a .grad kept from the step before (no zero_grad) accumulates the next synchronised gradient
     pm(**inputs).loss.backward()
     ref(**inputs).loss.backward()
     grads = pm.full_grads()
     for name, p in ref.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=RTOL, atol=ATOL, msg=lambda m: f"kept {name}: {m}")
+        torch.testing.assert_close(grads[name], p.grad, rtol=RTOL, atol=ATOL, msg=lambda m, name=name: f"kept {name}: {m}")
     # parameters are views of their chunk's flat storage, in execution order within a chunk's axes
     for chunk in chunks:
         for slot in chunk.slots:

@@ -41,7 +41,7 @@ def check_outputs(rank: int, world_size: int) -> dict:
     got.loss.backward()
     grads = loss_only.full_grads()
     for name, p in ref.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=RTOL, atol=ATOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads[name], p.grad, rtol=RTOL, atol=ATOL, msg=lambda m, name=name: f"{name}: {m}")
     local = autopar.autoparallelize(copy.deepcopy(model), cluster, inputs, outputs="local")
     out = local(**inputs)
     torch.testing.assert_close(out.logits.full(), want.logits.detach(), rtol=RTOL, atol=ATOL)
