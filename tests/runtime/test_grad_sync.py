@@ -73,13 +73,15 @@ def check_grad_sync(rank: int, world_size: int) -> dict:
     (ref(**inputs).loss + ref(**other).loss).backward()
     grads = pm.full_grads()
     for name, p in ref.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=RTOL, atol=ATOL, msg=lambda m, name=name: f"accumulated {name}: {m}")
+        torch.testing.assert_close(grads[name], p.grad, rtol=RTOL, atol=ATOL,
+                                   msg=lambda m, name=name: f"accumulated {name}: {m}")
     # a .grad kept from the step before (no zero_grad) accumulates the next synchronised gradient
     pm(**inputs).loss.backward()
     ref(**inputs).loss.backward()
     grads = pm.full_grads()
     for name, p in ref.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, rtol=RTOL, atol=ATOL, msg=lambda m, name=name: f"kept {name}: {m}")
+        torch.testing.assert_close(grads[name], p.grad, rtol=RTOL, atol=ATOL,
+                                   msg=lambda m, name=name: f"kept {name}: {m}")
     # parameters are views of their chunk's flat storage, in execution order within a chunk's axes
     for chunk in chunks:
         for slot in chunk.slots:
