@@ -60,7 +60,7 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
     else:
         chosen = _broadcast_plan(lambda: plan_graph(gm, cluster_info, opts, progress or (lambda line: None)))
     module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster_info),
-                      bucket_bytes=opts.bucket_bytes, local_outputs=opts.outputs == "local")
+                      bucket_bytes=opts.bucket_bytes, local_outputs=opts.outputs == "local", seed=opts.seed)
     if kernels_enabled(mesh.device, opts.kernels):
         module.kernel_substitutions = tuple(swap_kernels(module, force=True))
     if chosen.checkpoint is not None:

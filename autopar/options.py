@@ -31,6 +31,8 @@ class PlanOptions:
     - ``outputs``: what the module returns: "all" (every output, gathered whole), "loss" (only the
       loss: nothing else is gathered, or computed if nothing needs it), a tuple of a ModelOutput's
       field names, or "local" (every output as this rank's shard, a ``ShardedOutput``).
+    - ``seed``: what every random op's seed derives from (runtime/rng.py: replicas draw the same
+      dropout mask, shards independent ones, two runs with one seed are identical).
     - ``bucket_bytes``: size of the chunks replicated parameters' gradients are reduced in (as DDP's
       ``bucket_cap_mb``); the cost model prices one collective per chunk.
     """
@@ -42,6 +44,7 @@ class PlanOptions:
     kernels: bool | None = None
     bucket_bytes: int = 25 * 2**20
     outputs: str | tuple[str, ...] = "all"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.checkpoint, list):
@@ -68,6 +71,8 @@ class PlanOptions:
         if isinstance(self.bucket_bytes, bool) or not isinstance(self.bucket_bytes, int) or self.bucket_bytes < 1:
             raise AutoparError(f"bucket_bytes must be a positive integer (bytes per gradient chunk), "
                                f"got {self.bucket_bytes!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise AutoparError(f"seed must be an integer, got {self.seed!r}")
         if self.kernels not in (None, True, False):
             raise AutoparError(f"kernels must be None (on CUDA only), True or False, got {self.kernels!r}")
 

@@ -35,6 +35,7 @@ from autopar.errors import AutoparError, NodeError
 from autopar.runtime.grad_sync import DEFAULT_BUCKET_BYTES, GradSync, ParamUse
 from autopar.runtime.localize import ShardedCrossEntropy, local_args, mean_scale, vocab_parallel_module
 from autopar.runtime.parallel_module import LocalOutput, ParallelModule, ParamLayout
+from autopar.runtime.rng import SeededRandom, StepCounter, draws_random
 from autopar.runtime.sync_batchnorm import sharded_batch_norm
 from autopar.spec import ShardingSpec
 from autopar.tracer.fused import FusedPiece
@@ -98,14 +99,16 @@ def _fetch(module: torch.nn.Module, target: str):
 
 
 def generate(gm: fx.GraphModule, plan, mesh, sc, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-             local_outputs: bool = False) -> ParallelModule:
+             local_outputs: bool = False, seed: int = 0) -> ParallelModule:
     """The per-rank module for ``gm`` under ``plan`` (a ShardingPlan of the same traced graph).
 
     Parameters replicated on some mesh axes are read through ``sync_<name>`` (``grad_sync.ParamUse``)
     and their gradients reduced in chunks of ``bucket_bytes`` (``grad_sync.GradSync``). ``local_outputs``:
-    every output with dims leaves as this rank's shard (a ``ShardedOutput``), not gathered.
+    every output with dims leaves as this rank's shard (a ``ShardedOutput``), not gathered. ``seed``:
+    every random op draws from its own seed (``rng.SeededRandom``), derived from this one.
     """
     emitter = _Emitter(gm, plan, mesh, sc, GradSync(mesh, bucket_bytes))
+    emitter.seed = seed
     if local_outputs:
         emitter.root["local_out"] = LocalOutput(sc, mesh)
     for node in gm.graph.nodes:
@@ -115,6 +118,7 @@ def generate(gm: fx.GraphModule, plan, mesh, sc, *, bucket_bytes: int = DEFAULT_
     module._setup(mesh=mesh, sc=sc, params=emitter.params, pieces=emitter.pieces, grad_sync=emitter.grad_sync)
     emitter.grad_sync.build([(name, module.get_parameter(name), axes, uses)
                              for name, (axes, uses) in emitter.synced.items()])
+    module.register_forward_pre_hook(emitter.rng_step)
     return module
 
 
@@ -124,6 +128,8 @@ class _Emitter:
     def __init__(self, gm: fx.GraphModule, plan, mesh, sc, grad_sync: GradSync) -> None:
         self.gm, self.mesh, self.grad_sync = gm, mesh, grad_sync
         self.synced: dict[str, tuple[tuple[int, ...], int]] = {}  # execution order: name -> (axes, uses)
+        self.rng_step, self.seed = StepCounter(), 0
+        self.position = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.strategy_of = plan.strategy_lookup()
         self.mesh_shape = tuple(mesh.mesh_shape)
         self.graph = fx.Graph()
@@ -270,6 +276,13 @@ class _Emitter:
         elif batch_axes:
             name = f"ce_{node.name}"
             self.root[name] = ShardedCrossEntropy(self.mesh, batch_axes)
+            new = self.graph.call_module(name, args, kwargs)
+        elif draws_random(node):  # under a seed of its own, by the shard of the output it makes
+            name = f"rng_{node.name}"
+            shard = tuple(strategy.output.shard_index(d, self.mesh_shape, self.mesh.coord)
+                          for d in range(strategy.output.ndim))
+            self.root[name] = SeededRandom(node.target, self.seed, self.position[node], shard, self.rng_step,
+                                           self.mesh.device)
             new = self.graph.call_module(name, args, kwargs)
         else:
             new = self.graph.create_node(node.op, node.target, args, kwargs, name=node.name)

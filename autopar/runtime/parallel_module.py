@@ -87,6 +87,40 @@ class ParallelModule(fx.GraphModule):
         them all at once (``.grad`` is written then), as DDP's ``no_sync``."""
         return self._grad_sync.no_sync()
 
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0, eps: float = 1e-6) -> torch.Tensor:
+        """Scale every gradient so the global norm is at most ``max_norm``; returns the global norm before.
+
+        The norm is the single-device model's: each element counted once, however many ranks hold a
+        replica of it (a parameter replicated on axes of total size r adds its local sum / r, then one
+        all-reduce over the world sums them). Every rank gets the same norm and scales alike, as
+        ``torch.nn.utils.clip_grad_norm_`` does on one device.
+        """
+        import math
+
+        import torch.distributed as dist
+
+        shape = self._mesh.mesh_shape
+        inf = math.isinf(norm_type)
+        total = torch.zeros((), dtype=torch.float64, device=self._mesh.device)
+        grads = []
+        for name, layout in self._params.items():
+            grad = self._attr(name).grad if layout.is_param else None
+            if grad is None:
+                continue
+            grads.append(grad)
+            g = grad.detach().double()
+            if inf:
+                total = torch.maximum(total, g.abs().max())
+            else:
+                replicas = math.prod(n for a, n in enumerate(shape) if a not in layout.spec.used_axes())
+                total += g.abs().pow(norm_type).sum() / replicas
+        dist.all_reduce(total, op=dist.ReduceOp.MAX if inf else dist.ReduceOp.SUM)
+        norm = total if inf else total.pow(1.0 / norm_type)
+        coef = torch.clamp(max_norm / (norm + eps), max=1.0)
+        for grad in grads:
+            grad.mul_(coef.to(grad.dtype))
+        return norm.to(grads[0].dtype if grads else torch.float32)
+
     def param_spec(self, name: str) -> ShardingSpec:
         """The spec a parameter is stored in, by its original name (for a weight stored in pieces, the
         spec of its first piece; ``piece_specs`` gives them all)."""
