@@ -6,7 +6,7 @@ import torch.distributed as dist
 
 from autopar.cluster import ClusterInfo
 from autopar.errors import AutoparError
-from autopar.options import PlanOptions
+from autopar.options import DTYPES, PlanOptions
 from autopar.solver.full_plan import Plan, load_plan  # noqa: F401  (autopar.load_plan)
 from autopar.solver.planner import plan_graph, stage
 
@@ -26,7 +26,7 @@ def plan(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *, p
     opts = PlanOptions.of(**options)
     say = progress or (lambda line: None)
     with stage(say, "tracing"):
-        gm = trace(model, example_inputs, outputs=opts.outputs)
+        gm = trace(model, example_inputs, outputs=opts.outputs, compute_dtype=opts.compute_dtype)
     return plan_graph(gm, cluster_info, opts, say)
 
 
@@ -53,14 +53,15 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
                            "or call autopar.plan(...) to plan without weights")
     opts = PlanOptions.of(plan.options if plan is not None else None, **options)
     mesh = RuntimeMesh(cluster_info)
-    gm = trace(model, example_inputs, outputs=opts.outputs)
+    gm = trace(model, example_inputs, outputs=opts.outputs, compute_dtype=opts.compute_dtype)
     if plan is not None:
         plan.check_matches(gm, cluster_info, opts)
         chosen = plan
     else:
         chosen = _broadcast_plan(lambda: plan_graph(gm, cluster_info, opts, progress or (lambda line: None)))
     module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster_info),
-                      bucket_bytes=opts.bucket_bytes, local_outputs=opts.outputs == "local", seed=opts.seed)
+                      bucket_bytes=opts.bucket_bytes, local_outputs=opts.outputs == "local", seed=opts.seed,
+                      reduce_dtype=getattr(torch, DTYPES[opts.reduce_dtype]))
     if kernels_enabled(mesh.device, opts.kernels):
         module.kernel_substitutions = tuple(swap_kernels(module, force=True))
     if chosen.checkpoint is not None:

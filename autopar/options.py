@@ -15,6 +15,7 @@ from autopar.errors import AutoparError
 
 OPTIMIZERS = ("adamw", "adam", "sgd_momentum", "sgd")
 CHECKPOINT_MODES = (None, "none", "auto")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,11 @@ class PlanOptions:
     - ``outputs``: what the module returns: "all" (every output, gathered whole), "loss" (only the
       loss: nothing else is gathered, or computed if nothing needs it), a tuple of a ModelOutput's
       field names, or "local" (every output as this rank's shard, a ``ShardedOutput``).
+    - ``mixed_precision``: "bf16" or "fp16": compute in that dtype while parameters stay in their own
+      (the fp32 master copy the optimizer steps), as FSDP2's ``MixedPrecisionPolicy(param_dtype=...)``:
+      every trainable float parameter and float input is read through a cast, traced, so the plan
+      prices the dtypes that run; fp16 wants ``torch.distributed.fsdp.sharded_grad_scaler.ShardedGradScaler``.
+    - ``reduce_dtype``: the dtype gradients are summed across ranks in ("fp32", the default, or "bf16", "fp16").
     - ``seed``: what every random op's seed derives from (runtime/rng.py: replicas draw the same
       dropout mask, shards independent ones, two runs with one seed are identical).
     - ``bucket_bytes``: size of the chunks replicated parameters' gradients are reduced in (as DDP's
@@ -45,6 +51,8 @@ class PlanOptions:
     bucket_bytes: int = 25 * 2**20
     outputs: str | tuple[str, ...] = "all"
     seed: int = 0
+    mixed_precision: str | None = None
+    reduce_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         if isinstance(self.checkpoint, list):
@@ -71,6 +79,10 @@ class PlanOptions:
         if isinstance(self.bucket_bytes, bool) or not isinstance(self.bucket_bytes, int) or self.bucket_bytes < 1:
             raise AutoparError(f"bucket_bytes must be a positive integer (bytes per gradient chunk), "
                                f"got {self.bucket_bytes!r}")
+        if self.mixed_precision not in (None, "bf16", "fp16"):
+            raise AutoparError(f"mixed_precision must be None, 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.reduce_dtype not in DTYPES:
+            raise AutoparError(f"reduce_dtype must be one of {', '.join(DTYPES)}, got {self.reduce_dtype!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise AutoparError(f"seed must be an integer, got {self.seed!r}")
         if self.kernels not in (None, True, False):
@@ -86,6 +98,13 @@ class PlanOptions:
                             f"the options are {', '.join(sorted(known))}")
         base = asdict(options) if options is not None else {}
         return cls(**{**base, **kwargs})
+
+    @property
+    def compute_dtype(self):
+        """The torch dtype compute runs in under ``mixed_precision`` (None: the model's own)."""
+        import torch
+
+        return getattr(torch, DTYPES[self.mixed_precision]) if self.mixed_precision else None
 
     def budget(self, cluster) -> float:
         """Bytes per device the plan must fit."""

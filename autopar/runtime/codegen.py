@@ -99,7 +99,7 @@ def _fetch(module: torch.nn.Module, target: str):
 
 
 def generate(gm: fx.GraphModule, plan, mesh, sc, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-             local_outputs: bool = False, seed: int = 0) -> ParallelModule:
+             local_outputs: bool = False, seed: int = 0, reduce_dtype=torch.float32) -> ParallelModule:
     """The per-rank module for ``gm`` under ``plan`` (a ShardingPlan of the same traced graph).
 
     Parameters replicated on some mesh axes are read through ``sync_<name>`` (``grad_sync.ParamUse``)
@@ -107,7 +107,7 @@ def generate(gm: fx.GraphModule, plan, mesh, sc, *, bucket_bytes: int = DEFAULT_
     every output with dims leaves as this rank's shard (a ``ShardedOutput``), not gathered. ``seed``:
     every random op draws from its own seed (``rng.SeededRandom``), derived from this one.
     """
-    emitter = _Emitter(gm, plan, mesh, sc, GradSync(mesh, bucket_bytes))
+    emitter = _Emitter(gm, plan, mesh, sc, GradSync(mesh, bucket_bytes, reduce_dtype))
     emitter.seed = seed
     if local_outputs:
         emitter.root["local_out"] = LocalOutput(sc, mesh)

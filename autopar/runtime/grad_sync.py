@@ -60,6 +60,7 @@ class Chunk:
     numel: int = 0
     pending: int = 0  # contributions still to arrive in this backward
     handle: object = None
+    wire: torch.Tensor | None = None  # what the collective reduces: the gradient buffer, or its reduce-dtype copy
     launched: bool = False
     touched: bool = False  # has contributions in the current accumulation window
 
@@ -70,8 +71,8 @@ class Chunk:
 class GradSync:
     """The chunks of one ParallelModule and the state of the reduction in flight."""
 
-    def __init__(self, mesh, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
-        self.mesh, self.bucket_bytes = mesh, int(bucket_bytes)
+    def __init__(self, mesh, bucket_bytes: int = DEFAULT_BUCKET_BYTES, reduce_dtype=torch.float32) -> None:
+        self.mesh, self.bucket_bytes, self.reduce_dtype = mesh, int(bucket_bytes), reduce_dtype
         self.chunks: list[Chunk] = []
         self.slots: dict[str, Slot] = {}
         self._slot_chunk: dict[int, Chunk] = {}
@@ -150,7 +151,8 @@ class GradSync:
 
     def _launch(self, chunk: Chunk) -> None:
         if chunk.touched and not chunk.launched:
-            chunk.handle = dist.all_reduce(chunk.grads, group=chunk.groups[0], async_op=True)
+            chunk.wire = chunk.grads if chunk.grads.dtype == self.reduce_dtype else chunk.grads.to(self.reduce_dtype)
+            chunk.handle = dist.all_reduce(chunk.wire, group=chunk.groups[0], async_op=True)
             chunk.launched = True
             self.launches += 1
 
@@ -167,8 +169,11 @@ class GradSync:
                 continue
             chunk.handle.wait()
             for group in chunk.groups[1:]:
-                dist.all_reduce(chunk.grads, group=group)
+                dist.all_reduce(chunk.wire, group=group)
                 self.launches += 1
+            if chunk.wire is not chunk.grads:
+                chunk.grads.copy_(chunk.wire)
+            chunk.wire = None
             for slot in chunk.slots:
                 reduced = chunk.view(chunk.grads, slot)
                 g = slot.param.grad

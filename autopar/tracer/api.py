@@ -20,7 +20,8 @@ from autopar.tracer.profile import profile_graph
 
 
 def trace(
-    model: torch.nn.Module, example_inputs: Any, *, concrete_args: dict[str, Any] | None = None, outputs="all"
+    model: torch.nn.Module, example_inputs: Any, *, concrete_args: dict[str, Any] | None = None, outputs="all",
+    compute_dtype: torch.dtype | None = None,
 ) -> fx.GraphModule:
     """Trace ``model`` into a ``GraphModule`` whose nodes all carry the ``autopar.tracer.meta`` keys.
 
@@ -31,8 +32,11 @@ def trace(
     The model may live on ``meta``; no weight is allocated. Calling the result with the same
     inputs returns what the model returns (for Hugging Face models, the same ``ModelOutput``), or the
     fields ``outputs`` selects (``autopar.tracer.outputs``: "all", "loss", "local" or names).
+    ``compute_dtype`` (mixed precision): every trainable float parameter and float input is read through
+    a cast to it, so the graph computes in it while the parameters stay as they are (the master copy);
+    the result, run on one device, is the single-device model under that policy.
     """
-    tracer = ColoTracer()
+    tracer = ColoTracer(compute_dtype)
     graph = tracer.trace_model(model, example_inputs, concrete_args)
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
     for node in gm.graph.nodes:  # constants fx embedded itself (``_tensor_constant0``)

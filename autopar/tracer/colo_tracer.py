@@ -75,8 +75,12 @@ def _is_device_literal(a) -> bool:
 class ColoTracer(fx.Tracer):
     """Symbolic tracer whose proxies carry meta tensors (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, compute_dtype: torch.dtype | None = None) -> None:
         super().__init__(autowrap_functions=())
+        # mixed precision: every trainable float parameter and float input is read through a cast to
+        # this dtype, recorded while tracing so the model's own dtype-dependent code sees it
+        self.compute_dtype = compute_dtype
+        self._casts: dict[fx.Node, fx.Proxy] = {}
         self.record_stack_traces = True
         self.proxy_buffer_attributes = True  # buffers are graph values: ``num_batches_tracked.add_(1)`` is recorded
         self._attr_meta: dict[str, torch.Tensor] = {}
@@ -129,6 +133,16 @@ class ColoTracer(fx.Tracer):
             node.meta["val"] = self._run_meta(kind, target, args, kwargs, node)
         return proxy
 
+    def getattr(self, attr: str, attr_val, parameter_proxy_cache):
+        out = super().getattr(attr, attr_val, parameter_proxy_cache)
+        if (self.compute_dtype is not None and isinstance(out, fx.Proxy) and out.node.op == "get_attr"
+                and isinstance(attr_val, torch.nn.Parameter) and attr_val.requires_grad
+                and attr_val.is_floating_point() and attr_val.dtype != self.compute_dtype):
+            if out.node not in self._casts:
+                self._casts[out.node] = self.create_proxy("call_method", "to", (out, self.compute_dtype), {})
+            return self._casts[out.node]
+        return out
+
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
         """Placeholders for the example inputs (tensors and plain values alike, in order);
         non-tensor values and ``concrete_args`` are baked into the trace."""
@@ -139,6 +153,9 @@ class ColoTracer(fx.Tracer):
             p = self.create_proxy("placeholder", name, default, {})
             p.node.meta["val"] = self._meta_tensor(value) if is_tensor else value
             arg = p if is_tensor else value
+            if is_tensor and self.compute_dtype is not None and value.is_floating_point() \
+                    and value.dtype != self.compute_dtype:
+                arg = self.create_proxy("call_method", "to", (p, self.compute_dtype), {})
             if positional:
                 pos.append(arg)
             else:
