@@ -6,8 +6,9 @@ import torch.distributed as dist
 
 from autopar.cluster import ClusterInfo
 from autopar.errors import AutoparError
-from autopar.options import PlanOptions
+from autopar.options import DTYPES, PlanOptions
 from autopar.solver.full_plan import Plan, load_plan  # noqa: F401  (autopar.load_plan)
+from autopar.solver.planner import plan_graph, stage
 
 
 def plan(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *, progress=None,
@@ -20,13 +21,12 @@ def plan(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *, p
     ``time_limit``, ``kernels``), the same keywords ``autoparallelize`` takes. ``progress``: called
     with a line as each stage starts and ends (the CLI prints them).
     """
-    from autopar.solver.planner import plan_graph, stage
     from autopar.tracer import trace
 
     opts = PlanOptions.of(**options)
     say = progress or (lambda line: None)
     with stage(say, "tracing"):
-        gm = trace(model, example_inputs)
+        gm = trace(model, example_inputs, outputs=opts.outputs, compute_dtype=opts.compute_dtype)
     return plan_graph(gm, cluster_info, opts, say)
 
 
@@ -45,7 +45,6 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
     from autopar.runtime.kernel_pass import kernels_enabled, swap_kernels
     from autopar.runtime.mesh import RuntimeMesh
     from autopar.runtime.shape_consistency import ShapeConsistencyManager
-    from autopar.solver.planner import plan_graph
     from autopar.tracer import trace
 
     if any(p.is_meta for p in model.parameters()):
@@ -54,13 +53,15 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
                            "or call autopar.plan(...) to plan without weights")
     opts = PlanOptions.of(plan.options if plan is not None else None, **options)
     mesh = RuntimeMesh(cluster_info)
-    gm = trace(model, example_inputs)
+    gm = trace(model, example_inputs, outputs=opts.outputs, compute_dtype=opts.compute_dtype)
     if plan is not None:
         plan.check_matches(gm, cluster_info, opts)
         chosen = plan
     else:
         chosen = _broadcast_plan(lambda: plan_graph(gm, cluster_info, opts, progress or (lambda line: None)))
-    module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster_info))
+    module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster_info),
+                      bucket_bytes=opts.bucket_bytes, local_outputs=opts.outputs == "local", seed=opts.seed,
+                      reduce_dtype=getattr(torch, DTYPES[opts.reduce_dtype]))
     if kernels_enabled(mesh.device, opts.kernels):
         module.kernel_substitutions = tuple(swap_kernels(module, force=True))
     if chosen.checkpoint is not None:

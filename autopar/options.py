@@ -15,6 +15,7 @@ from autopar.errors import AutoparError
 
 OPTIMIZERS = ("adamw", "adam", "sgd_momentum", "sgd")
 CHECKPOINT_MODES = (None, "none", "auto")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,18 @@ class PlanOptions:
       the fitted one; a tuple of module names: exactly those modules, each one region.
     - ``time_limit``: seconds for each ILP solve.
     - ``kernels``: swap in autopar's Triton kernels at run time (None: on CUDA only).
+    - ``outputs``: what the module returns: "all" (every output, gathered whole), "loss" (only the
+      loss: nothing else is gathered, or computed if nothing needs it), a tuple of a ModelOutput's
+      field names, or "local" (every output as this rank's shard, a ``ShardedOutput``).
+    - ``mixed_precision``: "bf16" or "fp16": compute in that dtype while parameters stay in their own
+      (the fp32 master copy the optimizer steps), as FSDP2's ``MixedPrecisionPolicy(param_dtype=...)``:
+      every trainable float parameter and float input is read through a cast, traced, so the plan
+      prices the dtypes that run; fp16 wants ``torch.distributed.fsdp.sharded_grad_scaler.ShardedGradScaler``.
+    - ``reduce_dtype``: the dtype gradients are summed across ranks in ("fp32", the default, or "bf16", "fp16").
+    - ``seed``: what every random op's seed derives from (runtime/rng.py: replicas draw the same
+      dropout mask, shards independent ones, two runs with one seed are identical).
+    - ``bucket_bytes``: size of the chunks replicated parameters' gradients are reduced in (as DDP's
+      ``bucket_cap_mb``); the cost model prices one collective per chunk.
     """
 
     memory_budget: float | None = None
@@ -35,10 +48,21 @@ class PlanOptions:
     checkpoint: str | tuple[str, ...] | None = None
     time_limit: float = 60.0
     kernels: bool | None = None
+    bucket_bytes: int = 25 * 2**20
+    outputs: str | tuple[str, ...] = "all"
+    seed: int = 0
+    mixed_precision: str | None = None
+    reduce_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         if isinstance(self.checkpoint, list):
             object.__setattr__(self, "checkpoint", tuple(self.checkpoint))
+        if isinstance(self.outputs, list):
+            object.__setattr__(self, "outputs", tuple(self.outputs))
+        outs = self.outputs
+        if not (outs in ("all", "loss", "local") or (isinstance(outs, tuple) and outs
+                                                     and all(isinstance(n, str) for n in outs))):
+            raise AutoparError(f"outputs must be 'all', 'loss', 'local' or a list of output field names, got {outs!r}")
         budget = self.memory_budget
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                    or not budget > 0 or math.isnan(budget)):
@@ -52,6 +76,15 @@ class PlanOptions:
             raise AutoparError(f"checkpoint must be None, 'none', 'auto' or a list of module names, got {ckpt!r}")
         if not (isinstance(self.time_limit, (int, float)) and self.time_limit > 0):
             raise AutoparError(f"time_limit must be a positive number of seconds, got {self.time_limit!r}")
+        if isinstance(self.bucket_bytes, bool) or not isinstance(self.bucket_bytes, int) or self.bucket_bytes < 1:
+            raise AutoparError(f"bucket_bytes must be a positive integer (bytes per gradient chunk), "
+                               f"got {self.bucket_bytes!r}")
+        if self.mixed_precision not in (None, "bf16", "fp16"):
+            raise AutoparError(f"mixed_precision must be None, 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.reduce_dtype not in DTYPES:
+            raise AutoparError(f"reduce_dtype must be one of {', '.join(DTYPES)}, got {self.reduce_dtype!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise AutoparError(f"seed must be an integer, got {self.seed!r}")
         if self.kernels not in (None, True, False):
             raise AutoparError(f"kernels must be None (on CUDA only), True or False, got {self.kernels!r}")
 
@@ -66,6 +99,13 @@ class PlanOptions:
         base = asdict(options) if options is not None else {}
         return cls(**{**base, **kwargs})
 
+    @property
+    def compute_dtype(self):
+        """The torch dtype compute runs in under ``mixed_precision`` (None: the model's own)."""
+        import torch
+
+        return getattr(torch, DTYPES[self.mixed_precision]) if self.mixed_precision else None
+
     def budget(self, cluster) -> float:
         """Bytes per device the plan must fit."""
         return float(cluster.memory_per_device if self.memory_budget is None else self.memory_budget)
@@ -79,6 +119,8 @@ class PlanOptions:
         data = asdict(self)
         if isinstance(self.checkpoint, tuple):
             data["checkpoint"] = list(self.checkpoint)
+        if isinstance(self.outputs, tuple):
+            data["outputs"] = list(self.outputs)
         if self.memory_budget == math.inf:
             data["memory_budget"] = "inf"  # no budget (JSON has no infinity)
         return data

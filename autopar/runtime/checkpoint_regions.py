@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 import torch.utils.checkpoint
 
-from autopar.tracer.ops import Prop, has
+from autopar.runtime.rng import draws_random
 
 REGION_CLASS = "CheckpointRegion"  # class name of the region submodules
 
@@ -86,14 +86,7 @@ def _extract(gm: fx.GraphModule, nodes: list[fx.Node], name: str) -> str:
 
 def _draws_random(nodes: list[fx.Node]) -> bool:
     """Whether recomputing ``nodes`` draws random numbers (then the RNG state must be replayed)."""
-    for node in nodes:
-        op = node.meta.get("op") or getattr(node.target, "__name__", "")
-        if op == "dropout":  # canonical (x, p, training); anything else: assume it draws
-            if len(node.args) < 3 or (node.args[1] and node.args[2]):
-                return True
-        elif has(op, Prop.RANDOM) or (op == "sdpa" and node.kwargs.get("dropout_p")):
-            return True
-    return False
+    return any(draws_random(node) for node in nodes)
 
 
 def region_modules(gm: torch.nn.Module) -> list[torch.nn.Module]:

@@ -16,8 +16,10 @@ Walks the traced graph once, in order, and writes a new graph:
   rank seeds the same full loss; the runtime's collectives are exact adjoints, so the sum of
   the ranks' objectives must be the loss once).
 
-Parameters replicated on some mesh axes get a gradient hook that all-reduces (sums) the
-per-rank contributions over those axes, before the gradient is accumulated into ``.grad``.
+Parameters replicated on some mesh axes are read through ``self.sync_<name>`` (``grad_sync.ParamUse``):
+their per-rank gradient contributions are summed over those axes in chunks (``grad_sync.GradSync``:
+bucketed, asynchronous, overlapped with the rest of backward) and written to ``.grad`` when backward
+ends.
 """
 from __future__ import annotations
 
@@ -27,12 +29,13 @@ import operator
 from functools import lru_cache
 
 import torch
-import torch.distributed as dist
 import torch.fx as fx
 
 from autopar.errors import AutoparError, NodeError
+from autopar.runtime.grad_sync import DEFAULT_BUCKET_BYTES, GradSync, ParamUse
 from autopar.runtime.localize import ShardedCrossEntropy, local_args, mean_scale, vocab_parallel_module
-from autopar.runtime.parallel_module import ParallelModule, ParamLayout
+from autopar.runtime.parallel_module import LocalOutput, ParallelModule, ParamLayout
+from autopar.runtime.rng import SeededRandom, StepCounter, draws_random
 from autopar.runtime.sync_batchnorm import sharded_batch_norm
 from autopar.spec import ShardingSpec
 from autopar.tracer.fused import FusedPiece
@@ -95,23 +98,38 @@ def _fetch(module: torch.nn.Module, target: str):
     return obj
 
 
-def generate(gm: fx.GraphModule, plan, mesh, sc) -> ParallelModule:
-    """The per-rank module for ``gm`` under ``plan`` (a ShardingPlan of the same traced graph)."""
-    emitter = _Emitter(gm, plan, mesh, sc)
+def generate(gm: fx.GraphModule, plan, mesh, sc, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+             local_outputs: bool = False, seed: int = 0, reduce_dtype=torch.float32) -> ParallelModule:
+    """The per-rank module for ``gm`` under ``plan`` (a ShardingPlan of the same traced graph).
+
+    Parameters replicated on some mesh axes are read through ``sync_<name>`` (``grad_sync.ParamUse``)
+    and their gradients reduced in chunks of ``bucket_bytes`` (``grad_sync.GradSync``). ``local_outputs``:
+    every output with dims leaves as this rank's shard (a ``ShardedOutput``), not gathered. ``seed``:
+    every random op draws from its own seed (``rng.SeededRandom``), derived from this one.
+    """
+    emitter = _Emitter(gm, plan, mesh, sc, GradSync(mesh, bucket_bytes, reduce_dtype))
+    emitter.seed = seed
+    if local_outputs:
+        emitter.root["local_out"] = LocalOutput(sc, mesh)
     for node in gm.graph.nodes:
         emitter.emit(node)
     emitter.graph.lint()
     module = ParallelModule(emitter.root, emitter.graph, class_name="ParallelModule")
-    module._setup(mesh=mesh, sc=sc, params=emitter.params, pieces=emitter.pieces)
-    _install_grad_sync(module, emitter.params, mesh)
+    module._setup(mesh=mesh, sc=sc, params=emitter.params, pieces=emitter.pieces, grad_sync=emitter.grad_sync)
+    emitter.grad_sync.build([(name, module.get_parameter(name), axes, uses)
+                             for name, (axes, uses) in emitter.synced.items()])
+    module.register_forward_pre_hook(emitter.rng_step)
     return module
 
 
 class _Emitter:
     """Writes the per-rank graph, one traced node at a time (``env``: traced node -> new node)."""
 
-    def __init__(self, gm: fx.GraphModule, plan, mesh, sc) -> None:
-        self.gm, self.mesh = gm, mesh
+    def __init__(self, gm: fx.GraphModule, plan, mesh, sc, grad_sync: GradSync) -> None:
+        self.gm, self.mesh, self.grad_sync = gm, mesh, grad_sync
+        self.synced: dict[str, tuple[tuple[int, ...], int]] = {}  # execution order: name -> (axes, uses)
+        self.rng_step, self.seed = StepCounter(), 0
+        self.position = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.strategy_of = plan.strategy_lookup()
         self.mesh_shape = tuple(mesh.mesh_shape)
         self.graph = fx.Graph()
@@ -158,7 +176,7 @@ class _Emitter:
         if node.op == "placeholder":
             self.env[node] = self.placeholder(node)
         elif node.op == "get_attr":
-            self.env[node] = self.local_attr(node)
+            self.env[node] = self.synced_use(self.local_attr(node))
         elif node.op == "output":
             self.graph.output(fx.node.map_arg(node.args[0], self.finish))
         elif node.meta.get("op") == "getitem" and is_multi(node.args[0].meta.get("tensor")):
@@ -198,11 +216,30 @@ class _Emitter:
         new.meta = dict(node.meta)
         return new
 
+    def synced_use(self, attr: fx.Node) -> fx.Node:
+        """A trainable parameter replicated on some mesh axes is read through its ParamUse, so its gradient
+        contributions are summed over those axes in its chunk (grad_sync.py); anything else as it is."""
+        name = attr.target
+        layout = self.params[name]
+        value = self.root[name]
+        axes = tuple(a for a, n in enumerate(self.mesh_shape) if n > 1 and a not in layout.spec.used_axes())
+        if not (layout.is_param and value.requires_grad and axes):
+            return attr
+        before = self.synced.get(name, (axes, 0))
+        self.synced[name] = (axes, before[1] + 1)
+        module = f"sync_{name.replace('.', '_')}"
+        self.root[module] = ParamUse(self.grad_sync, name)
+        new = self.graph.call_module(module, (attr,))
+        new.meta = dict(attr.meta)
+        return new
+
     def finish(self, node: fx.Node) -> fx.Node:
         """An output: gathered to replicated, its gradient scaled by 1/world (every rank seeds the loss)."""
         spec = self.out_spec(node)
         if spec is None:
             return self.env[node]
+        if "local_out" in self.root and spec.ndim:  # as it is: this rank's shard, its gradient its own piece
+            return self.graph.call_module("local_out", (self.env[node], str(spec), _global_shape(node)))
         value = self.arrive(node, ShardingSpec.replicate(spec.ndim))
         return self.graph.call_function(scale_grad, (value, 1.0 / self.mesh.world_size))
 
@@ -240,29 +277,16 @@ class _Emitter:
             name = f"ce_{node.name}"
             self.root[name] = ShardedCrossEntropy(self.mesh, batch_axes)
             new = self.graph.call_module(name, args, kwargs)
+        elif draws_random(node):  # under a seed of its own, by the shard of the output it makes
+            name = f"rng_{node.name}"
+            shard = tuple(strategy.output.shard_index(d, self.mesh_shape, self.mesh.coord)
+                          for d in range(strategy.output.ndim))
+            self.root[name] = SeededRandom(node.target, self.seed, self.position[node], shard, self.rng_step,
+                                           self.mesh.device)
+            new = self.graph.call_module(name, args, kwargs)
         else:
             new = self.graph.create_node(node.op, node.target, args, kwargs, name=node.name)
         new.meta = dict(node.meta)
         if op == "mean" and (scale := mean_scale(node, strategy, self.mesh_shape)) != 1.0:
             new = self.graph.call_function(operator.mul, (new, scale))
         return new
-
-
-def _install_grad_sync(module: ParallelModule, params, mesh) -> None:
-    """Sum each replicated parameter's gradient contributions over the mesh axes it is replicated on."""
-    for name, layout in params.items():
-        spec = layout.spec
-        if not layout.is_param:
-            continue
-        axes = [a for a in range(len(mesh.mesh_shape)) if a not in spec.used_axes() and mesh.mesh_shape[a] > 1]
-        param = module.get_parameter(name)
-        if axes and param.requires_grad:
-            groups = [mesh.group(a) for a in axes]
-
-            def hook(grad, groups=groups):
-                grad = grad.contiguous().clone()
-                for group in groups:
-                    dist.all_reduce(grad, group=group)
-                return grad
-
-            param.register_hook(hook)

@@ -6,7 +6,7 @@ which every rank calls with the same global inputs, getting the full outputs bac
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
@@ -25,12 +25,45 @@ class ParamLayout:
     is_param: bool  # a Parameter (else a buffer)
 
 
+@dataclass(frozen=True)
+class ShardedOutput:
+    """An output left on the mesh (``outputs="local"``): this rank's ``local`` piece of a ``shape`` tensor
+    laid out as ``spec``. ``full()`` gathers it (collective: call it on every rank) into what
+    ``outputs="all"`` would have returned, gradient included (every rank seeds the same loss, so its
+    gradient is scaled by 1/world as codegen scales gathered outputs)."""
+
+    local: torch.Tensor
+    spec: ShardingSpec
+    shape: tuple[int, ...]
+    _owner: object = field(repr=False, compare=False, default=None)
+
+    def full(self) -> torch.Tensor:
+        from autopar.runtime.codegen import scale_grad
+
+        mesh = self._owner.mesh
+        whole = self._owner.sc.apply(self.local, self.spec, ShardingSpec.replicate(len(self.shape)), self.shape, mesh)
+        return scale_grad(whole, 1.0 / mesh.world_size)
+
+
+class LocalOutput(torch.nn.Module):
+    """``self.local_out(x, 'S0RR', (4, 16, 128))`` in the per-rank graph: x as a ShardedOutput."""
+
+    def __init__(self, sc, mesh) -> None:
+        super().__init__()
+        self.sc, self.mesh = sc, mesh
+
+    def forward(self, x, spec: str, shape: tuple[int, ...]) -> ShardedOutput:
+        return ShardedOutput(x, ShardingSpec.parse(spec), tuple(shape), self)
+
+
 class ParallelModule(fx.GraphModule):
-    def _setup(self, *, mesh, sc, params: dict[str, ParamLayout], pieces: dict[str, FusedPiece] | None = None) -> None:
+    def _setup(self, *, mesh, sc, params: dict[str, ParamLayout], pieces: dict[str, FusedPiece] | None = None,
+               grad_sync=None) -> None:
         # pieces: the stored pieces of weights the tracer cut (tracer/fused.py); gathered state and
         # gradients join them back under the original name.
         self._mesh, self._sc, self._params = mesh, sc, params
         self._pieces = dict(pieces or {})
+        self._grad_sync = grad_sync  # grad_sync.GradSync: the chunks of the replicated parameters
         self.plan = None  # the Plan this module runs (autopar.solver.full_plan)
         self.checkpoint_plan = None  # CheckpointPlan when regions recompute in backward
         self.kernel_substitutions = ()  # kernel_pass.Substitution records, when kernels ran
@@ -48,6 +81,45 @@ class ParallelModule(fx.GraphModule):
     @property
     def mesh(self):
         return self._mesh
+
+    def no_sync(self):
+        """Gradient accumulation: inside, backward sums gradients locally; the next backward outside reduces
+        them all at once (``.grad`` is written then), as DDP's ``no_sync``."""
+        return self._grad_sync.no_sync()
+
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0, eps: float = 1e-6) -> torch.Tensor:
+        """Scale every gradient so the global norm is at most ``max_norm``; returns the global norm before.
+
+        The norm is the single-device model's: each element counted once, however many ranks hold a
+        replica of it (a parameter replicated on axes of total size r adds its local sum / r, then one
+        all-reduce over the world sums them). Every rank gets the same norm and scales alike, as
+        ``torch.nn.utils.clip_grad_norm_`` does on one device.
+        """
+        import math
+
+        import torch.distributed as dist
+
+        shape = self._mesh.mesh_shape
+        inf = math.isinf(norm_type)
+        total = torch.zeros((), dtype=torch.float64, device=self._mesh.device)
+        grads = []
+        for name, layout in self._params.items():
+            grad = self._attr(name).grad if layout.is_param else None
+            if grad is None:
+                continue
+            grads.append(grad)
+            g = grad.detach().double()
+            if inf:
+                total = torch.maximum(total, g.abs().max())
+            else:
+                replicas = math.prod(n for a, n in enumerate(shape) if a not in layout.spec.used_axes())
+                total += g.abs().pow(norm_type).sum() / replicas
+        dist.all_reduce(total, op=dist.ReduceOp.MAX if inf else dist.ReduceOp.SUM)
+        norm = total if inf else total.pow(1.0 / norm_type)
+        coef = torch.clamp(max_norm / (norm + eps), max=1.0)
+        for grad in grads:
+            grad.mul_(coef.to(grad.dtype))
+        return norm.to(grads[0].dtype if grads else torch.float32)
 
     def param_spec(self, name: str) -> ShardingSpec:
         """The spec a parameter is stored in, by its original name (for a weight stored in pieces, the

@@ -21,7 +21,7 @@ import numpy as np
 import torch.fx as fx
 
 from autopar.cluster import ClusterInfo
-from autopar.solver.cost_model import itemsize
+from autopar.solver.cost_model import Pricing, itemsize
 from autopar.solver.strategies import memoised_strategies
 from autopar.solver.strategies.base import is_tuple_meta
 from autopar.solver.strategy import Strategy
@@ -69,20 +69,22 @@ class StrategyGraph:
 
 
 def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: ReshardCost | None = None,
-                     optimizer: str = "adamw", bar=None) -> StrategyGraph:
+                     pricing: Pricing | None = None, bar=None) -> StrategyGraph:
     """Enumerate and price every node's strategies and every edge's resharding (pure: no process group).
 
-    ``optimizer`` prices each parameter strategy's state (``cost_model.state_factors``); ``bar(label,
+    ``pricing``: the optimizer whose state each parameter strategy carries and the gradient chunk size
+    (``cost_model.Pricing``, from PlanOptions); ``bar(label,
     done, total)``, when given, is told the progress over the nodes."""
     if reshard_cost is None:
         from autopar.runtime.shape_consistency import ShapeConsistencyManager
 
         reshard_cost = ShapeConsistencyManager(cluster).cost
+    pricing = pricing if pricing is not None else Pricing()
     nodes = list(gm.graph.nodes)
     memo: dict = {}  # repeated layers: each distinct op signature is enumerated and priced once
     step = max(1, len(nodes) // 50)
     for k, node in enumerate(nodes):
-        node.meta["strategies"] = memoised_strategies(node, cluster, memo, optimizer)
+        node.meta["strategies"] = memoised_strategies(node, cluster, memo, pricing)
         if bar is not None and (k % step == 0 or k == len(nodes) - 1):
             bar("strategies", k + 1, len(nodes))
     graph = StrategyGraph(gm, cluster, nodes)

@@ -15,9 +15,9 @@ A partial tensor is full-size on every rank. ``e`` is the cluster's efficiency.
 
 Parameters: memory = local elements x (param + grad + optimizer state bytes per element), from
 ``state_factors(dtype, optimizer)``, the one model of parameter state that the ILP's liveness
-(memory.py), stage 2 and the report all use; and the node pays the
-gradient all-reduce over each mesh axis a (size n) on which it is replicated:
-``alpha_a + 2 (n-1)/n x local_bytes x beta_a``. Buffers: 1 x local bytes, no sync.
+(memory.py), stage 2 and the report all use; and a trainable one replicated on some mesh axes pays
+its share of the chunked gradient all-reduce over them (``grad_sync_time``, runtime/grad_sync.py).
+Buffers: 1 x local bytes, no sync.
 Placeholders: free to shard (every rank has the global input), memory = local bytes.
 Resharding between nodes is priced on edges (build.py), not here.
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
@@ -38,6 +39,22 @@ from autopar.tracer.meta import TensorMeta, dtype_bytes
 from autopar.tracer.ops import Prop, has
 
 STORAGE_OPS = ("param", "buffer")  # node kinds, not ops: what a get_attr holds
+DEFAULT_BUCKET_BYTES = 25 * 2**20  # PlanOptions.bucket_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """The options that change what a strategy costs (from PlanOptions): the optimizer whose state a
+    parameter carries, and the chunk size its gradient is reduced in."""
+
+    optimizer: str = "adamw"
+    bucket_bytes: float = DEFAULT_BUCKET_BYTES
+    local_outputs: bool = False  # outputs leave as each rank's shard: nothing is gathered for them
+
+    @classmethod
+    def of(cls, options) -> Pricing:
+        return cls(options.optimizer, options.bucket_bytes, options.outputs == "local")
+
 # Optimizer -> state tensors per parameter element (moments, momentum buffers).
 OPTIMIZERS = {"adamw": 2, "adam": 2, "sgd_momentum": 1, "sgd": 0}
 _HALF = (torch.float16, torch.bfloat16)
@@ -88,20 +105,26 @@ def work_fraction(specs: Sequence[ShardingSpec | None], mesh_shape: Sequence[int
     return 1.0 / math.prod(mesh_shape[a] for a in axes) if axes else 1.0
 
 
-def grad_sync_time(local: float, spec: ShardingSpec, cluster: ClusterInfo) -> float:
-    """All-reduce of a replicated parameter's gradient over each axis it is replicated on (ring)."""
+def grad_sync_time(local: float, spec: ShardingSpec, cluster: ClusterInfo,
+                   bucket_bytes: float = DEFAULT_BUCKET_BYTES) -> float:
+    """A replicated parameter's share of the chunked gradient all-reduce (runtime/grad_sync.py).
+
+    Its gradient travels in a chunk of ``bucket_bytes`` with others replicated on the same axes, one
+    all-reduce per axis a (size n): the ring moves ``2 (n-1)/n x local`` bytes at ``beta_a``, and the
+    chunk's latency ``alpha_a`` is shared by the bytes in it, so this parameter pays
+    ``alpha_a x min(1, local / bucket_bytes)``.
+    """
     used = spec.used_axes()
-    t = 0.0
-    for a, n in enumerate(cluster.mesh_shape):
-        if n > 1 and a not in used:
-            t += cluster.alpha[a] + 2 * (n - 1) / n * local * cluster.beta[a]
-    return t
+    share = min(1.0, local / bucket_bytes)
+    return sum(cluster.alpha[a] * share + 2 * (n - 1) / n * local * cluster.beta[a]
+               for a, n in enumerate(cluster.mesh_shape) if n > 1 and a not in used)
 
 
 def price(node: fx.Node, out: ShardingSpec | None, inputs: Sequence[ShardingSpec | None],
-          cluster: ClusterInfo, optimizer: str = "adamw") -> Strategy:
+          cluster: ClusterInfo, pricing: Pricing | None = None) -> Strategy:
     """The Strategy ``out = inputs`` of ``node`` with its compute time, own comm time and memory."""
     mesh = cluster.mesh_shape
+    pricing = pricing if pricing is not None else Pricing()
     op = node.meta.get("op")
     tm = node.meta.get("tensor")
     inputs = tuple(inputs)
@@ -109,8 +132,9 @@ def price(node: fx.Node, out: ShardingSpec | None, inputs: Sequence[ShardingSpec
     if node.op == "get_attr" or op in STORAGE_OPS:
         local = local_bytes(tm, out, mesh)
         is_param = op == "param" and getattr(tm, "requires_grad", True)
-        factors = state_factors(tm.dtype, optimizer) if is_param else (float(itemsize(tm.dtype)), 0.0, 0.0)
-        return Strategy(out, inputs, 0.0, grad_sync_time(local, out, cluster) if is_param else 0.0,
+        factors = state_factors(tm.dtype, pricing.optimizer) if is_param else (float(itemsize(tm.dtype)), 0.0, 0.0)
+        sync = grad_sync_time(local, out, cluster, pricing.bucket_bytes) if is_param else 0.0
+        return Strategy(out, inputs, 0.0, sync,
                         local / itemsize(tm.dtype) * sum(factors))
     if node.op == "placeholder":
         return Strategy(out, inputs, 0.0, 0.0, local_bytes(tm, out, mesh))

@@ -31,7 +31,9 @@ from autopar.options import PlanOptions
 from autopar.solver.checkpoint import CheckpointPlan, chain_of, forward_time, module_regions, plan_checkpoints
 from autopar.solver.checkpoint_dp import min_peak, no_checkpoint
 from autopar.solver.checkpoint_saved import saved_storages
+from autopar.solver.cost_model import Pricing
 from autopar.solver.full_plan import Plan, graph_fingerprint, input_specs
+from autopar.solver.ilp import solve  # imports pulp now: its import keeps a traceback, and so the frames above it
 from autopar.solver.plan import ShardingPlan, choice_of
 from autopar.solver.timeline import Timeline, background, simulate
 
@@ -66,7 +68,7 @@ class Planner:
         self.sg = strategy_graph
         if self.sg is None:
             with stage(say, f"strategies for {len(gm.graph.nodes)} nodes"):
-                self.sg = build_strategies(gm, cluster, optimizer=options.optimizer, bar=getattr(say, "bar", None))
+                self.sg = build_strategies(gm, cluster, pricing=Pricing.of(options), bar=getattr(say, "bar", None))
         self.mm = MemoryModel(self.sg, options.optimizer)
         self.red = reduce(self.sg)
         self._solved: dict[float, ShardingPlan | InfeasibleBudgetError] = {}
@@ -76,8 +78,6 @@ class Planner:
     # ---- stage 1 --------------------------------------------------------------------------
     def solve(self, budget: float) -> ShardingPlan:
         """Stage 1 at ``budget`` bytes per device (INF: none); raises InfeasibleBudgetError."""
-        from autopar.solver.ilp import solve
-
         if budget not in self._solved:
             try:
                 with stage(self.say, f"ILP at {_bytes(budget)} per device (time limit {self.options.time_limit:g} s)"):

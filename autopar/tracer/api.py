@@ -15,11 +15,13 @@ import torch.fx as fx
 from autopar.tracer.canonical import canonicalize
 from autopar.tracer.colo_tracer import ColoTracer
 from autopar.tracer.fused import split_fused_projections
+from autopar.tracer.outputs import select_outputs
 from autopar.tracer.profile import profile_graph
 
 
 def trace(
-    model: torch.nn.Module, example_inputs: Any, *, concrete_args: dict[str, Any] | None = None
+    model: torch.nn.Module, example_inputs: Any, *, concrete_args: dict[str, Any] | None = None, outputs="all",
+    compute_dtype: torch.dtype | None = None,
 ) -> fx.GraphModule:
     """Trace ``model`` into a ``GraphModule`` whose nodes all carry the ``autopar.tracer.meta`` keys.
 
@@ -28,9 +30,13 @@ def trace(
     the inputs; plain values (bools, None, ints) and ``concrete_args`` are baked into the trace.
     ``use_cache=False`` is passed when ``forward`` takes ``use_cache`` and no value was given.
     The model may live on ``meta``; no weight is allocated. Calling the result with the same
-    inputs returns what the model returns (for Hugging Face models, the same ``ModelOutput``).
+    inputs returns what the model returns (for Hugging Face models, the same ``ModelOutput``), or the
+    fields ``outputs`` selects (``autopar.tracer.outputs``: "all", "loss", "local" or names).
+    ``compute_dtype`` (mixed precision): every trainable float parameter and float input is read through
+    a cast to it, so the graph computes in it while the parameters stay as they are (the master copy);
+    the result, run on one device, is the single-device model under that policy.
     """
-    tracer = ColoTracer()
+    tracer = ColoTracer(compute_dtype)
     graph = tracer.trace_model(model, example_inputs, concrete_args)
     _keep_unread_parameters(tracer, model, graph)
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
@@ -41,6 +47,7 @@ def trace(
         if node.op == "output":  # the flat tuple of output values
             node.meta["val"] = fx.node.map_arg(node.args[0], lambda n: n.meta.get("val"))
     canonicalize(gm)
+    select_outputs(gm, outputs)  # before profiling: what nobody reads is not traced at all
     split_fused_projections(gm)  # q, k, v of one fused matmul: one matmul each (fused.py)
     profile_graph(gm)
     gm.recompile()

@@ -58,6 +58,16 @@ class _FlatOutputCodeGen(_PyTreeCodeGen):
         return inputs
 
 
+def _fill_override_caches() -> None:
+    import torch.overrides as overrides
+
+    for name in ("get_ignored_functions", "get_testing_overrides", "get_default_nowrap_functions",
+                 "_get_overridable_functions", "_get_tensor_methods"):
+        fn = getattr(overrides, name, None)
+        if fn is not None:
+            fn()
+
+
 def _is_device_literal(a) -> bool:
     return isinstance(a, torch.device)
 
@@ -65,8 +75,12 @@ def _is_device_literal(a) -> bool:
 class ColoTracer(fx.Tracer):
     """Symbolic tracer whose proxies carry meta tensors (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, compute_dtype: torch.dtype | None = None) -> None:
         super().__init__(autowrap_functions=())
+        # mixed precision: every trainable float parameter and float input is read through a cast to
+        # this dtype, recorded while tracing so the model's own dtype-dependent code sees it
+        self.compute_dtype = compute_dtype
+        self._casts: dict[fx.Node, fx.Proxy] = {}
         self.record_stack_traces = True
         self.proxy_buffer_attributes = True  # buffers are graph values: ``num_batches_tracked.add_(1)`` is recorded
         self._attr_meta: dict[str, torch.Tensor] = {}
@@ -119,6 +133,16 @@ class ColoTracer(fx.Tracer):
             node.meta["val"] = self._run_meta(kind, target, args, kwargs, node)
         return proxy
 
+    def getattr(self, attr: str, attr_val, parameter_proxy_cache):
+        out = super().getattr(attr, attr_val, parameter_proxy_cache)
+        if (self.compute_dtype is not None and isinstance(out, fx.Proxy) and out.node.op == "get_attr"
+                and isinstance(attr_val, torch.nn.Parameter) and attr_val.requires_grad
+                and attr_val.is_floating_point() and attr_val.dtype != self.compute_dtype):
+            if out.node not in self._casts:
+                self._casts[out.node] = self.create_proxy("call_method", "to", (out, self.compute_dtype), {})
+            return self._casts[out.node]
+        return out
+
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
         """Placeholders for the example inputs (tensors and plain values alike, in order);
         non-tensor values and ``concrete_args`` are baked into the trace."""
@@ -129,6 +153,9 @@ class ColoTracer(fx.Tracer):
             p = self.create_proxy("placeholder", name, default, {})
             p.node.meta["val"] = self._meta_tensor(value) if is_tensor else value
             arg = p if is_tensor else value
+            if is_tensor and self.compute_dtype is not None and value.is_floating_point() \
+                    and value.dtype != self.compute_dtype:
+                arg = self.create_proxy("call_method", "to", (p, self.compute_dtype), {})
             if positional:
                 pos.append(arg)
             else:
@@ -166,9 +193,12 @@ class ColoTracer(fx.Tracer):
         for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
             self._attr_meta[name] = t
             self._aliases[id(t)] = (*self._aliases.get(id(t), ()), name)
-        # torch.device("meta") as a context caches the factory functions on first use: fill that
-        # cache with the real functions before they are patched (else later contexts miss them).
+        # torch caches tables of functions on first use (torch.device("meta") as a context: its factory
+        # functions; torch.overrides: the ignored / overridable ones): fill every cache with the real
+        # functions before they are patched, else the rest of the process sees the patched ones (which
+        # also hold this tracer, and through it the model's parameters).
         torch.utils._device._device_constructors()
+        _fill_override_caches()
         factories = {n: getattr(torch, n) for n in FACTORY_FUNCTIONS if hasattr(torch, n)}
         self._factories = set(factories.values())
         try:

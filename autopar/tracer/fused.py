@@ -58,8 +58,16 @@ def _only_user(node: fx.Node, user: fx.Node) -> bool:
 
 
 def _is_own_param(node, user: fx.Node) -> bool:
+    """A parameter (or its mixed-precision cast: ``to(param, dtype)``) used by ``user`` alone, not tied."""
+    if isinstance(node, fx.Node) and _is_cast(node) and _only_user(node, user):
+        node, user = node.args[0], node
     return (isinstance(node, fx.Node) and node.op == "get_attr" and "param" in node.meta
             and len(node.meta.get("param_aliases", ())) <= 1 and _only_user(node, user))
+
+
+def _is_cast(node: fx.Node) -> bool:
+    return (node.meta.get("op") == "to" and len(node.args) == 2 and isinstance(node.args[1], torch.dtype)
+            and isinstance(node.args[0], fx.Node) and node.args[0].op == "get_attr")
 
 
 def _match(split: fx.Node):
@@ -106,6 +114,12 @@ def _piece_param(gm: fx.GraphModule, node: fx.Node, dim: int, start: int, stop: 
 
 
 def _get_piece(gm, graph: fx.Graph, node: fx.Node, dim: int, start: int, stop: int, i: int) -> fx.Node:
+    if _is_cast(node):  # the piece of the parameter, cast as the whole was
+        piece = _get_piece(gm, graph, node.args[0], dim, start, stop, i)
+        new = graph.create_node(node.op, node.target, (piece, node.args[1]), {}, name=f"{node.name}_piece{i}")
+        new.meta.update({k: v for k, v in node.meta.items() if k != "val"})
+        new.meta["val"] = piece.meta["val"].to(node.args[1])
+        return new
     target = _piece_param(gm, node, dim, start, stop, i)
     new = graph.get_attr(target)
     name = node.meta["param"]
@@ -152,7 +166,9 @@ def _rewrite(gm: fx.GraphModule, split: fx.Node) -> bool:
     for user in list(split.users):
         user.replace_all_uses_with(pieces[user.args[1]])
         graph.erase_node(user)
-    for dead in (split, view, mm, weight, bias):
+    casts = [n for n in (weight, bias) if n is not None and _is_cast(n)]
+    for dead in (split, view, mm, *casts, *(n.args[0] for n in casts), *(n for n in (weight, bias)
+                                                                          if n is not None and not _is_cast(n))):
         if dead is not None:
             graph.erase_node(dead)
     return True

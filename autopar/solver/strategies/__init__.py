@@ -41,11 +41,13 @@ def op_key(node: fx.Node) -> str:
         node.op, str(getattr(node.target, "__name__", node.target)))
 
 
-def strategies_for(node: fx.Node, cluster: ClusterInfo, optimizer: str = "adamw") -> list[Strategy]:
-    """Every strategy of ``node`` on ``cluster``'s mesh, priced, all-replicate first, no duplicates."""
+def strategies_for(node: fx.Node, cluster: ClusterInfo, pricing=None) -> list[Strategy]:
+    """Every strategy of ``node`` on ``cluster``'s mesh, priced (``cost_model.Pricing``, default: AdamW and
+    25 MiB gradient chunks), all-replicate first, no duplicates."""
     inputs = node.all_input_nodes
-    if node.op == "output":  # everything leaves whole: R for each tensor input
-        specs = tuple(_replicated(n) for n in inputs)
+    if node.op == "output":  # everything leaves whole (R for each tensor), or, with local outputs, as it is
+        local = pricing is not None and pricing.local_outputs
+        specs = tuple(None if local and _ndim(n) else _replicated(n) for n in inputs)
         return [Strategy(SCALAR, specs)]
     if tmeta(node) is None:  # an int, a dtype, ...: reads no tensor element
         return [Strategy(SCALAR, (None,) * len(inputs))]
@@ -66,7 +68,7 @@ def strategies_for(node: fx.Node, cluster: ClusterInfo, optimizer: str = "adamw"
     for specs in expand(node, options, cluster.mesh_shape):
         if check is not None and not check(node, specs, cluster.mesh_shape):
             continue
-        strategies.append(cost_model.price(node, specs[0], specs[1:], cluster, optimizer))
+        strategies.append(cost_model.price(node, specs[0], specs[1:], cluster, pricing))
     return strategies
 
 
@@ -99,18 +101,25 @@ def _signature(node: fx.Node):
     return key
 
 
-def memoised_strategies(node: fx.Node, cluster: ClusterInfo, memo: dict, optimizer: str = "adamw") -> list[Strategy]:
-    """``strategies_for(node, cluster, optimizer)``, computed once per distinct ``_signature`` in ``memo``."""
+def memoised_strategies(node: fx.Node, cluster: ClusterInfo, memo: dict,
+                        pricing=None) -> list[Strategy]:
+    """``strategies_for(node, cluster, pricing)``, computed once per distinct ``_signature`` in ``memo``."""
     key = _signature(node) if node.op not in ("placeholder", "output") else None
     if key is None:
-        return strategies_for(node, cluster, optimizer)
+        return strategies_for(node, cluster, pricing)
     hit = memo.get(key)
     if hit is None:
-        hit = memo[key] = (strategies_for(node, cluster, optimizer), node.meta.get("fallback", False))
+        hit = memo[key] = (strategies_for(node, cluster, pricing), node.meta.get("fallback", False))
     node.meta.pop("fallback", None)
     if hit[1]:
         node.meta["fallback"] = True
     return list(hit[0])
+
+
+def _ndim(n: fx.Node) -> int:
+    """Dims of a node's tensor (0 for scalars and non-tensors): local outputs keep scalars whole."""
+    tm = tmeta(n)
+    return len(tm.shape) if tm is not None and not is_tuple_meta(tm) else 0
 
 
 def _replicated(n: fx.Node) -> ShardingSpec | None:
