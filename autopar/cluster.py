@@ -100,6 +100,13 @@ class ClusterInfo:
         beta = (self.beta + (self.beta[-1],) * pad)[-len(shape):] if pad > 0 else self.beta[-len(shape):]
         return replace(self, mesh_shape=shape, alpha=alpha, beta=beta, axis_names=(), **changes)
 
+    def profile(self, mesh=None, **kwargs) -> ClusterInfo:
+        """This cluster with alpha and beta measured on the live process group, per mesh axis
+        (``autopar.runtime.profile_links``); collective: call it on every rank."""
+        from autopar.runtime.profile_links import profile_links
+
+        return profile_links(self, mesh, **kwargs)
+
     # ---- mesh geometry ----------------------------------------------------------------
     @property
     def ndim(self) -> int:

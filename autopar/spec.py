@@ -95,6 +95,10 @@ class ShardingSpec:
     def used_axes(self) -> set[int]:
         return {a for axes in self.dims for a in axes} | set(self.partial)
 
+    def partial_free_axes(self, src: ShardingSpec) -> list[int]:
+        """The mesh axes ``src`` is a partial sum on and this spec is not (those an all-reduce resolves)."""
+        return [a for a in src.partial if a not in self.partial]
+
     def is_replicated(self) -> bool:
         return not self.used_axes()
 

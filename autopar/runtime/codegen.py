@@ -54,8 +54,8 @@ class Reshard(torch.nn.Module):
         super().__init__()
         self.sc, self.mesh = sc, mesh
 
-    def forward(self, x, src: str, dst: str, shape: tuple[int, ...]):
-        return self.sc.apply(x, _spec(src), _spec(dst), shape, self.mesh)
+    def forward(self, x, src: str, dst: str, shape: tuple[int, ...], uniform: tuple[int, ...] = ()):
+        return self.sc.apply(x, _spec(src), _spec(dst), shape, self.mesh, frozenset(uniform))
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -129,6 +129,7 @@ class _Emitter:
         self.gm, self.mesh, self.grad_sync = gm, mesh, grad_sync
         self.synced: dict[str, tuple[tuple[int, ...], int]] = {}  # execution order: name -> (axes, uses)
         self.rng_step, self.seed = StepCounter(), 0
+        self._uniform: dict[int, dict[fx.Node, bool]] = {}  # mesh axis -> node -> its gradient is uniform
         self.position = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.strategy_of = plan.strategy_lookup()
         self.mesh_shape = tuple(mesh.mesh_shape)
@@ -145,8 +146,9 @@ class _Emitter:
         return strategy.output if strategy is not None and node.meta.get("tensor") is not None else None
 
     # ---- resharding ----------------------------------------------------------------------
-    def reshard(self, value: fx.Node, src: ShardingSpec, dst: ShardingSpec, shape) -> fx.Node:
-        new = self.graph.call_module("comm", (value, str(src), str(dst), shape))
+    def reshard(self, value: fx.Node, src: ShardingSpec, dst: ShardingSpec, shape, uniform=()) -> fx.Node:
+        args = (value, str(src), str(dst), shape) + ((tuple(uniform),) if uniform else ())
+        new = self.graph.call_module("comm", args)
         new.meta["reshard"] = (src, dst)
         return new
 
@@ -156,8 +158,41 @@ class _Emitter:
         if dst is None or src is None or src == dst or is_multi(old.meta["tensor"]):
             return self.env[old]
         if (old, dst) not in self.resharded:
-            self.resharded[(old, dst)] = self.reshard(self.env[old], src, dst, _global_shape(old))
+            readers = [u for u in old.users if self._wants(u, old) == dst]
+            uniform = [a for a in dst.partial_free_axes(src) if all(self.uniform(u, a) for u in readers)]
+            self.resharded[(old, dst)] = self.reshard(self.env[old], src, dst, _global_shape(old), uniform)
         return self.resharded[(old, dst)]
+
+    def _wants(self, user: fx.Node, arg: fx.Node) -> ShardingSpec | None:
+        """The spec ``user``'s chosen strategy wants ``arg`` in (the output node: replicated)."""
+        if user.op == "output":
+            spec = self.out_spec(arg)
+            return ShardingSpec.replicate(spec.ndim) if spec is not None else None
+        strategy = self.strategy_of(user)
+        if strategy is None:
+            return None
+        return dict(zip(user.all_input_nodes, strategy.inputs)).get(arg)
+
+    def uniform(self, node: fx.Node, axis: int) -> bool:
+        """Whether ``node``'s output gradient is the same on every rank of mesh axis ``axis``: every path
+        from it to the outputs runs replicated on the axis (no input or output split or partial on it),
+        and the outputs leave whole (every rank seeds the same loss)."""
+        if axis not in self._uniform:  # every node at once, users before producers
+            known: dict[fx.Node, bool] = {}
+            for n in reversed(self.gm.graph.nodes):
+                known[n] = all(self._uniform_use(u, axis, known) for u in n.users)
+            self._uniform[axis] = known
+        return self._uniform[axis][node]
+
+    def _uniform_use(self, user: fx.Node, axis: int, known: dict) -> bool:
+        if user.op == "output":
+            return "local_out" not in self.root
+        strategy = self.strategy_of(user)
+        if strategy is None:
+            return True  # a non-tensor value: no gradient flows through it
+        if any(s is not None and axis in s.used_axes() for s in (strategy.output, *strategy.inputs)):
+            return False
+        return known[user]
 
     # ---- one method per kind of node ---------------------------------------------------------
     def emit(self, node: fx.Node) -> None:

@@ -133,6 +133,21 @@ class AllReduceFwdAllReduceBwd(torch.autograd.Function):
         return all_reduce(g, ctx.group), None
 
 
+class AllReduceFwdScaleBwd(torch.autograd.Function):
+    """All-reduce (sum) in forward; in backward, the gradient times n, locally: P -> R where every rank of
+    the axis receives the same gradient (all computation after it is replicated on the axis), so the sum
+    of the n identical contributions is n times this rank's, no collective needed."""
+
+    @staticmethod
+    def forward(ctx, x, group, n):
+        ctx.n = n
+        return all_reduce(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.n, None, None
+
+
 class AllToAllFwdAllToAllBwd(torch.autograd.Function):
     """All-to-all S(dim_from) -> S(dim_to) in forward, all-to-all back S(dim_to) -> S(dim_from) in backward."""
 
@@ -176,8 +191,10 @@ class ScaleFwdScaleBwd(torch.autograd.Function):
         return g / ctx.n, None, None
 
 
-def run_step(x: torch.Tensor, step: CommStep, mesh: RuntimeMesh) -> torch.Tensor:
-    """Run one planned CommStep on this rank's local tensor. A step on a size-1 axis issues nothing."""
+def run_step(x: torch.Tensor, step: CommStep, mesh: RuntimeMesh, uniform: frozenset = frozenset()) -> torch.Tensor:
+    """Run one planned CommStep on this rank's local tensor. A step on a size-1 axis issues nothing.
+    ``uniform``: mesh axes on which the result's gradient is the same on every rank (an all-reduce there
+    scales its gradient instead of reducing it)."""
     n = mesh.size(step.axis)
     if n == 1:
         return x
@@ -187,6 +204,8 @@ def run_step(x: torch.Tensor, step: CommStep, mesh: RuntimeMesh) -> torch.Tensor
     if step.kind == "reduce_scatter":
         return ReduceScatterFwdAllGatherBwd.apply(x, group, n, step.dim)
     if step.kind == "all_reduce":
+        if step.axis in uniform:
+            return AllReduceFwdScaleBwd.apply(x, group, n)
         return AllReduceFwdAllReduceBwd.apply(x, group)
     if step.kind == "all_to_all":
         return AllToAllFwdAllToAllBwd.apply(x, group, n, step.dim, step.dim_to)

@@ -2,7 +2,8 @@
 
 A parameter stored replicated on some mesh axes receives, in backward, per-rank gradient
 *contributions* whose sum over those axes is its gradient (codegen's module docstring). The
-parameters that need such a sum are laid out in ``Chunk``s: fixed-size (``bucket_bytes``),
+parameters that need such a sum are laid out in ``Chunk``s: fixed-size (``bucket_bytes``; the
+first one backward fills, 1 MiB, so that a reduction starts early, as DDP's first bucket),
 contiguous, in execution order (the order of first use in forward), one chunk holding only
 parameters of one dtype, device and set of axes. A chunk owns
 
@@ -35,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_BUCKET_BYTES = 25 * 2**20
+FIRST_CHUNK_BYTES = 2**20  # the first chunk backward fills is small, so its reduction starts early (as DDP's)
 
 
 @dataclass
@@ -92,7 +94,8 @@ class GradSync:
             key = (axes, param.dtype, param.device)
             chunk = open_chunks.get(key)
             size = param.numel() * param.element_size()
-            if chunk is None or (chunk.numel and (chunk.numel * param.element_size() + size > self.bucket_bytes)):
+            cap = min(FIRST_CHUNK_BYTES, self.bucket_bytes) if chunk is None or chunk.index == 0 else self.bucket_bytes
+            if chunk is None or (chunk.numel and (chunk.numel * param.element_size() + size > cap)):
                 chunk = Chunk(len(self.chunks), axes, tuple(self.mesh.group(a) for a in axes))
                 self.chunks.append(chunk)
                 open_chunks[key] = chunk

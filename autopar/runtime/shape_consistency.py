@@ -227,8 +227,10 @@ class ShapeConsistencyManager:
 
     # ---- execution (needs a RuntimeMesh) -------------------------------------------------
     def apply(self, local: torch.Tensor, src: ShardingSpec, dst: ShardingSpec, global_shape: Sequence[int],
-              mesh: RuntimeMesh) -> torch.Tensor:
-        """Run ``plan(src, dst)`` on this rank's local tensor; differentiable (each step's backward is its adjoint)."""
+              mesh: RuntimeMesh, uniform: frozenset = frozenset()) -> torch.Tensor:
+        """Run ``plan(src, dst)`` on this rank's local tensor; differentiable (each step's backward is its
+        adjoint). ``uniform``: mesh axes on which the result's gradient is the same on every rank
+        (``collectives.run_step``)."""
         from autopar.runtime import collectives as C
 
         if tuple(mesh.mesh_shape) != self.mesh_shape:
@@ -239,7 +241,7 @@ class ShapeConsistencyManager:
                              f"got {tuple(local.shape)} on rank {mesh.rank}")
         given = local.untyped_storage().data_ptr()
         for step in self.plan(src, dst, global_shape, local.element_size()):
-            local = C.run_step(local, step, mesh)
+            local = C.run_step(local, step, mesh, uniform)
         storage = local.untyped_storage()
         if storage.data_ptr() != given and storage.nbytes() > local.numel() * local.element_size():
             # a piece of a collective's larger buffer (a chunk of a gather): copied out, so what a

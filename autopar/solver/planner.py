@@ -221,3 +221,13 @@ def _user_regions(planner: Planner, budget: float, modules: tuple[str, ...]) -> 
                            f"per device, above the budget of {_bytes(budget)}; name more modules, let autopar choose "
                            f"(checkpoint=None or 'auto'), or raise memory_budget")
     return _Candidate(sharding, ckpt, timeline, "the modules asked for")
+
+
+def hand_plan(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, allowed) -> Plan:
+    """The Plan whose sharding uses only strategies with ``allowed(node, strategy)`` (no checkpointing, no
+    budget): a hand plan (data parallel, ZeRO-3, ...) in the same terms, for benchmarks and tests."""
+    planner = Planner(gm, cluster, options)
+    sharding = solve(planner.sg, cluster, memory_budget=INF, time_limit=options.time_limit, restrict=allowed,
+                     optimizer=options.optimizer, memory=planner.mm, reduction=planner.red)
+    return Plan(sharding, None, options, cluster, graph_fingerprint(gm), input_specs(gm), planner.timeline(sharding),
+                options.budget(cluster), ("a hand plan: stage 1 restricted",))

@@ -22,16 +22,10 @@ def _dropout_gpt2(p: float = 0.1):
 def _restricted_plan(model, inputs, cluster, allowed):
     """The Plan of a hand-restricted sharding (no process group): every strategy passes ``allowed``."""
     from autopar.options import PlanOptions
-    from autopar.solver.full_plan import Plan, graph_fingerprint, input_specs
-    from autopar.solver.ilp import solve
-    from autopar.solver.planner import INF, Planner
+    from autopar.solver.planner import hand_plan
     from autopar.tracer import trace
 
-    gm = trace(model, inputs)
-    planner = Planner(gm, cluster, PlanOptions())
-    sharding = solve(planner.sg, cluster, memory_budget=INF, restrict=allowed)
-    return Plan(sharding, None, PlanOptions(), cluster, graph_fingerprint(gm), input_specs(gm),
-                planner.timeline(sharding), cluster.memory_per_device)
+    return hand_plan(trace(model, inputs), cluster, PlanOptions(), allowed)
 
 
 def check_masks(rank: int, world_size: int) -> dict:
