@@ -97,3 +97,38 @@ def test_bf16_compute_with_fp32_master_on_2x2():
     results = run_distributed(check_bf16, 4, timeout=400)
     for r in results:
         assert abs(r["held"] - r["predicted"]) <= 0.05 * r["held"], r
+
+
+def check_fp16(rank: int, world_size: int) -> list[float]:
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    import autopar
+    from autopar import zoo
+
+    model, inputs = zoo.build("gpt2", "tiny", device="cpu", seed=0)
+    from autopar.tracer import trace
+
+    ref = trace(copy.deepcopy(model), inputs, compute_dtype=torch.float16)  # one device, the same policy
+    pm = autopar.autoparallelize(model, autopar.ClusterInfo.preset(f"cpu:{world_size}"), inputs,
+                                 mixed_precision="fp16")
+    runs = []
+    for module, scaler in ((pm, ShardedGradScaler(device="cpu", init_scale=2.0**10)),
+                           (ref, torch.amp.GradScaler("cpu", init_scale=2.0**10))):
+        opt = torch.optim.AdamW(module.parameters(), lr=1e-3, eps=1e-2)
+        losses = []
+        for _ in range(3):
+            opt.zero_grad()
+            loss = module(**inputs).loss
+            scaler.scale(loss).backward()  # the sharded scaler agrees on inf/nan across ranks
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(loss.detach()))
+        runs.append(losses)
+    for got, want in zip(*runs):
+        assert abs(got - want) <= RTOL * abs(want), runs
+    return runs[0]
+
+
+def test_fp16_with_a_sharded_grad_scaler():
+    losses = run_distributed(check_fp16, 2, timeout=300)
+    assert losses[0] == losses[1] and losses[0][-1] < losses[0][0]
