@@ -7,8 +7,10 @@ Walks the traced graph once, in order, and writes a new graph:
 
 - placeholder: the global input arrives on every rank; ``self.comm`` keeps this rank's piece
   (R -> the placeholder's spec: a local split, no communication).
-- param / buffer: a ``get_attr`` of this rank's shard, cut from the full tensor and kept under
-  the parameter's original name, so ``named_parameters()`` reads like the model's.
+- param / buffer: a ``get_attr`` of this rank's shard, kept under the parameter's original name,
+  so ``named_parameters()`` reads like the model's. The shard comes from ``source``
+  (``runtime/materialise.py``): cut from the traced module's real tensor by default, or made from
+  meta by the model's initialisers, a user function or a checkpoint.
 - op: each input is resharded from its producer's spec to the spec the chosen strategy wants
   (one ``self.comm(x, src, dst, global_shape)`` per distinct producer and spec), and shape
   arguments are made local (``localize.local_args``).
@@ -32,6 +34,7 @@ import torch.fx as fx
 
 from autopar.errors import AutoparError, NodeError
 from autopar.runtime.localize import ShardedCrossEntropy, local_args, mean_scale, vocab_parallel_module
+from autopar.runtime.materialise import TracedWeights
 from autopar.runtime.parallel_module import ParallelModule, ParamLayout
 from autopar.runtime.sync_batchnorm import sharded_batch_norm
 from autopar.spec import ShardingSpec
@@ -95,9 +98,12 @@ def _fetch(module: torch.nn.Module, target: str):
     return obj
 
 
-def generate(gm: fx.GraphModule, plan, mesh, sc) -> ParallelModule:
-    """The per-rank module for ``gm`` under ``plan`` (a ShardingPlan of the same traced graph)."""
-    emitter = _Emitter(gm, plan, mesh, sc)
+def generate(gm: fx.GraphModule, plan, mesh, sc, source=None) -> ParallelModule:
+    """The per-rank module for ``gm`` under ``plan`` (a ShardingPlan of the same traced graph).
+
+    ``source.local(name, layout, piece, slices, device)`` gives each local shard (materialise.py;
+    default: cut from the real tensors ``gm`` holds)."""
+    emitter = _Emitter(gm, plan, mesh, sc, source if source is not None else TracedWeights(gm))
     for node in gm.graph.nodes:
         emitter.emit(node)
     emitter.graph.lint()
@@ -110,8 +116,8 @@ def generate(gm: fx.GraphModule, plan, mesh, sc) -> ParallelModule:
 class _Emitter:
     """Writes the per-rank graph, one traced node at a time (``env``: traced node -> new node)."""
 
-    def __init__(self, gm: fx.GraphModule, plan, mesh, sc) -> None:
-        self.gm, self.mesh = gm, mesh
+    def __init__(self, gm: fx.GraphModule, plan, mesh, sc, source) -> None:
+        self.gm, self.mesh, self.source = gm, mesh, source
         self.strategy_of = plan.strategy_lookup()
         self.mesh_shape = tuple(mesh.mesh_shape)
         self.graph = fx.Graph()
@@ -183,17 +189,18 @@ class _Emitter:
 
     def local_attr(self, node: fx.Node) -> fx.Node:
         """This rank's shard of a parameter or buffer, registered under its original name."""
-        full = _fetch(self.gm, node.target)
+        full = _fetch(self.gm, node.target)  # real or on meta: its shape, dtype and kind
         spec = self.out_spec(node) or ShardingSpec.replicate(full.dim())
         name = node.meta.get("param", node.target)
-        local = full.detach()[spec.local_slices(tuple(full.shape), self.mesh_shape, self.mesh.coord)]
-        local = local.to(self.mesh.device).clone()
         is_param = isinstance(full, torch.nn.Parameter)
+        layout = ParamLayout(spec, tuple(full.shape), tuple(node.meta.get("param_aliases", (name,))), is_param)
+        piece = node.meta.get("param_piece")  # a column block of a fused projection's weight (tracer/fused.py)
+        slices = spec.local_slices(layout.shape, self.mesh_shape, self.mesh.coord)
+        local = self.source.local(name, layout, piece, slices, self.mesh.device)
         self.root[name] = torch.nn.Parameter(local, requires_grad=full.requires_grad) if is_param else local
-        self.params[name] = ParamLayout(spec, tuple(full.shape), tuple(node.meta.get("param_aliases", (name,))),
-                                        is_param)
-        if "param_piece" in node.meta:  # a column block of a fused projection's weight (tracer/fused.py)
-            self.pieces[name] = node.meta["param_piece"]
+        self.params[name] = layout
+        if piece is not None:
+            self.pieces[name] = piece
         new = self.graph.get_attr(name)
         new.meta = dict(node.meta)
         return new
