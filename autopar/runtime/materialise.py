@@ -82,13 +82,17 @@ def blank(shape, dtype: torch.dtype, device="cpu", fill=None) -> torch.Tensor:
     return torch.full(tuple(shape), fill, dtype=dtype, device=device)
 
 
-def unset(t: torch.Tensor) -> int:
-    """How many elements still hold ``blank``'s value (0 for booleans, which have no unset value)."""
-    if t.dtype.is_floating_point or t.dtype.is_complex:
-        return int(torch.isnan(t).sum())
+def unset(t: torch.Tensor, chunk: int = 1 << 22) -> int:
+    """How many elements still hold ``blank``'s value (0 for booleans, which have no unset value).
+    Counted in chunks, so the check needs no more than a few MiB beside the tensor."""
     if t.dtype == torch.bool:
         return 0
-    return int((t == torch.iinfo(t.dtype).min).sum())
+    floating = t.dtype.is_floating_point or t.dtype.is_complex
+    flat = t.detach().reshape(-1)
+    count = 0
+    for part in flat.split(chunk):
+        count += int((torch.isnan(part) if floating else part == torch.iinfo(t.dtype).min).count_nonzero())
+    return count
 
 
 def persistent_names(model: torch.nn.Module) -> frozenset[str]:
