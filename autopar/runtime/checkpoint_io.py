@@ -44,6 +44,7 @@ def save_checkpoint(module, path, optimizer: torch.optim.Optimizer | None = None
     """Write ``module``'s shards (and ``optimizer``'s state) to the DCP directory ``path``; every rank calls it."""
     import torch.distributed.checkpoint as dcp
 
+    _check_module(module, "save_checkpoint")
     path = os.fspath(path)
     state = _dcp_state(module, optimizer, None)
     rank0 = dist.get_rank() == 0
@@ -61,6 +62,7 @@ def load_checkpoint(module, path, optimizer: torch.optim.Optimizer | None = None
     """Load into ``module`` (and ``optimizer``): a DCP directory written by ``save_checkpoint`` (under any
     plan or mesh), or a safetensors checkpoint (a file, or a ``save_pretrained`` directory; no optimizer
     state). Every rank calls it; each reads only the blocks it holds."""
+    _check_module(module, "load_checkpoint")
     path = os.fspath(path)
     found = _dcp_dir(path)
     if found is not None:
@@ -75,6 +77,7 @@ def export_safetensors(module, path, *, config=None) -> str:
     """Write the full model to one safetensors file under its original names; every rank calls it, rank 0
     writes. ``path``: a ``.safetensors`` file, or a directory (``model.safetensors`` in it, and ``config``'s
     ``config.json`` when given, so ``from_pretrained(path)`` loads it). Returns the file's path."""
+    _check_module(module, "export_safetensors")
     path = os.fspath(path)
     file = path if path.endswith(".safetensors") else os.path.join(path, SINGLE)
     rank0 = dist.get_rank() == 0
@@ -99,6 +102,17 @@ def export_safetensors(module, path, *, config=None) -> str:
             config.save_pretrained(os.path.dirname(os.path.abspath(file)))
     dist.barrier()
     return file
+
+
+def _check_module(module, what: str) -> None:
+    from autopar.runtime.parallel_module import ParallelModule
+
+    if not isinstance(module, ParallelModule):
+        raise AutoparError(f"{what} takes the module autoparallelize returned (a ParallelModule), got "
+                           f"{type(module).__name__}: for a plain model use model.save_pretrained / from_pretrained")
+    if not dist.is_initialized():
+        raise AutoparError(f"{what} runs on every rank of the process group the module was made in, but none is "
+                           f"initialised")
 
 
 # ---- DCP ------------------------------------------------------------------------------------------

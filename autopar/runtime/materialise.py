@@ -245,8 +245,14 @@ class UserInit:
         key, block = original_block(layout, piece, slices)
         shape = layout.shape if piece is None else tuple(_fetch(self.gm, piece.original).shape)
         out = blank(block_shape(block), _fetch(self.gm, name).dtype, device)
-        with torch.no_grad():
-            done = self.fn(key, out, shape, block)
+        try:
+            with torch.no_grad():
+                done = self.fn(key, out, shape, block)
+        except Exception as exc:
+            raise AutoparError(f"init function {getattr(self.fn, '__name__', self.fn)!r} raised on {key!r} (block "
+                               f"{_show(block)} of {shape}): {type(exc).__name__}: {exc}. It is called as "
+                               f"init(name, local_tensor, global_shape, local_slices) and fills local_tensor "
+                               f"in place") from exc
         if done is False:
             return self.fallback.local(name, layout, piece, slices, device)
         left = unset(out)

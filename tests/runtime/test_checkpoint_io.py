@@ -102,6 +102,14 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_keys(tmp_path):
         source_for(meta, gm, str(tmp_path / "idx"), 0)
 
 
+def test_checkpoint_functions_take_the_parallel_module():
+    model, _ = zoo.build("mlp", "tiny", device="meta")
+    for call in (lambda: autopar.load_checkpoint(model, "x"), lambda: autopar.save_checkpoint(model, "x"),
+                 lambda: autopar.export_safetensors(model, "x")):
+        with pytest.raises(AutoparError, match="takes the module autoparallelize returned"):
+            call()
+
+
 def test_the_streaming_writer_writes_what_safetensors_reads(tmp_path):
     tensors = {"w": torch.randn(5, 3), "h": torch.randn(4, dtype=torch.float64).to(torch.bfloat16),
                "ids": torch.arange(7), "mask": torch.tensor([True, False, True]), "scalar": torch.tensor(2.5)}

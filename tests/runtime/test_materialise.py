@@ -15,7 +15,9 @@ import torch
 import autopar
 from autopar import zoo
 from autopar.errors import AutoparError
-from autopar.runtime.materialise import ModelInit, source_for
+from autopar.runtime.materialise import ModelInit, UserInit, source_for
+from autopar.runtime.parallel_module import ParamLayout
+from autopar.spec import ShardingSpec
 from autopar.tracer import trace
 from tests.distributed import run_distributed
 from tests.test_autoparallelize import train_and_compare
@@ -109,6 +111,24 @@ def my_init(name, local, global_shape, local_slices):
     """Each element's value is its flat index in the global tensor (so blocks must land in place)."""
     index = torch.arange(torch.Size(global_shape).numel(), dtype=torch.float64).view(global_shape)
     local.copy_(index[local_slices] / 1000.0 if local.is_floating_point() else index[local_slices])
+
+
+def test_a_function_that_raises_or_leaves_elements_unset_is_named():
+    model, inputs = zoo.build("mlp", "tiny", device="meta")
+    gm = trace(model, inputs)
+    layout = ParamLayout(ShardingSpec.parse("S0R"), (256, 64), ("fc1.weight",), True)
+    block = (slice(128, 256), slice(0, 64))
+
+    def broken(name, local, global_shape, local_slices):
+        raise ValueError("nope")
+
+    def lazy(name, local, global_shape, local_slices):
+        local[:10] = 0.0
+
+    with pytest.raises(AutoparError, match=r"'broken' raised on 'fc1.weight' \(block \[128:256, 0:64\].*nope"):
+        UserInit(broken, gm, ModelInit(model, gm, 0)).local("fc1.weight", layout, None, block, "cpu")
+    with pytest.raises(AutoparError, match="'lazy' left 7552 of 8192 elements of 'fc1.weight'.*return False"):
+        UserInit(lazy, gm, ModelInit(model, gm, 0)).local("fc1.weight", layout, None, block, "cpu")
 
 
 def test_init_and_seed_are_options_and_a_function_is_recorded_by_name(tmp_path):
