@@ -5,7 +5,6 @@ import torch
 import torch.distributed as dist
 
 from autopar.cluster import ClusterInfo
-from autopar.errors import AutoparError
 from autopar.options import DTYPES, PlanOptions
 from autopar.solver.full_plan import Plan, load_plan  # noqa: F401  (autopar.load_plan)
 from autopar.solver.planner import plan_graph, stage
@@ -39,18 +38,19 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
     parameter shards. Every rank calls the result with the same global inputs and gets the full
     outputs. ``plan``: a Plan made earlier (``autopar.plan`` or ``autopar.load_plan``): no solving;
     it must match the traced graph, the cluster and the inputs, or an error says what differs.
+
+    The model may live on ``meta``: each rank then allocates only its own shards (``init`` and
+    ``seed``, see ``PlanOptions``: the model's initialisers by default, a function, or a
+    safetensors checkpoint read slice by slice).
     """
     from autopar.runtime.checkpoint_regions import wrap_regions
     from autopar.runtime.codegen import generate
     from autopar.runtime.kernel_pass import kernels_enabled, swap_kernels
+    from autopar.runtime.materialise import persistent_names, source_for
     from autopar.runtime.mesh import RuntimeMesh
     from autopar.runtime.shape_consistency import ShapeConsistencyManager
     from autopar.tracer import trace
 
-    if any(p.is_meta for p in model.parameters()):
-        raise AutoparError("autoparallelize needs the model's real weights, but some parameters are on 'meta'; "
-                           "materialise the model (e.g. model.to_empty(device='cpu') and initialise it), "
-                           "or call autopar.plan(...) to plan without weights")
     opts = PlanOptions.of(plan.options if plan is not None else None, **options)
     mesh = RuntimeMesh(cluster_info)
     gm = trace(model, example_inputs, outputs=opts.outputs, compute_dtype=opts.compute_dtype)
@@ -58,10 +58,12 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
         plan.check_matches(gm, cluster_info, opts)
         chosen = plan
     else:
-        chosen = _broadcast_plan(lambda: plan_graph(gm, cluster_info, opts, progress or (lambda line: None)))
-    module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster_info),
+        chosen = _broadcast_plan(lambda: plan_graph(gm, cluster_info, opts.portable(), progress or (lambda line: None)))
+    source = source_for(model, gm, opts.init, opts.seed)  # where each local shard comes from
+    module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster_info), source,
                       bucket_bytes=opts.bucket_bytes, local_outputs=opts.outputs == "local", seed=opts.seed,
                       reduce_dtype=getattr(torch, DTYPES[opts.reduce_dtype]))
+    module.persistent_names = persistent_names(model)  # what a checkpoint holds (checkpoint_io)
     if kernels_enabled(mesh.device, opts.kernels):
         module.kernel_substitutions = tuple(swap_kernels(module, force=True))
     if chosen.checkpoint is not None:

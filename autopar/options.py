@@ -9,7 +9,8 @@ saved plan says how it was made. Options are validated here, once, with errors t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+import os
+from dataclasses import dataclass, fields, replace
 
 from autopar.errors import AutoparError
 
@@ -37,10 +38,18 @@ class PlanOptions:
       every trainable float parameter and float input is read through a cast, traced, so the plan
       prices the dtypes that run; fp16 wants ``torch.distributed.fsdp.sharded_grad_scaler.ShardedGradScaler``.
     - ``reduce_dtype``: the dtype gradients are summed across ranks in ("fp32", the default, or "bf16", "fp16").
-    - ``seed``: what every random op's seed derives from (runtime/rng.py: replicas draw the same
-      dropout mask, shards independent ones, two runs with one seed are identical).
+    - ``seed`` (an integer >= 0): what every random op's seed derives from (runtime/rng.py: replicas
+      draw the same dropout mask, shards independent ones, two runs with one seed are identical), and
+      the seed of the default initialisation of tensors on ``meta`` (the same values on any mesh).
     - ``bucket_bytes``: size of the chunks replicated parameters' gradients are reduced in (as DDP's
       ``bucket_cap_mb``); the cost model prices one collective per chunk.
+    - ``init``: where each rank's local shards come from (``autoparallelize`` only; the plan does not
+      depend on it). None (default): the model's real weights, and for tensors on ``meta`` the model's
+      own initialisers, seeded by ``seed`` and the tensor's name (the same on any mesh); a function
+      ``init(name, local_tensor, global_shape, local_slices)`` that fills ``local_tensor`` in place
+      (returning False leaves that tensor to the default); a path: a safetensors checkpoint (one
+      file, or a directory with ``model.safetensors`` or ``model.safetensors.index.json``).
+      A function is recorded in JSON as ``"function <name>"``.
     """
 
     memory_budget: float | None = None
@@ -53,6 +62,7 @@ class PlanOptions:
     seed: int = 0
     mixed_precision: str | None = None
     reduce_dtype: str = "fp32"
+    init: object = None  # None, a callable, or a checkpoint path (str)
 
     def __post_init__(self) -> None:
         if isinstance(self.checkpoint, list):
@@ -63,6 +73,8 @@ class PlanOptions:
         if not (outs in ("all", "loss", "local") or (isinstance(outs, tuple) and outs
                                                      and all(isinstance(n, str) for n in outs))):
             raise AutoparError(f"outputs must be 'all', 'loss', 'local' or a list of output field names, got {outs!r}")
+        if isinstance(self.init, os.PathLike):
+            object.__setattr__(self, "init", os.fspath(self.init))
         budget = self.memory_budget
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                    or not budget > 0 or math.isnan(budget)):
@@ -83,10 +95,14 @@ class PlanOptions:
             raise AutoparError(f"mixed_precision must be None, 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.reduce_dtype not in DTYPES:
             raise AutoparError(f"reduce_dtype must be one of {', '.join(DTYPES)}, got {self.reduce_dtype!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise AutoparError(f"seed must be an integer, got {self.seed!r}")
         if self.kernels not in (None, True, False):
             raise AutoparError(f"kernels must be None (on CUDA only), True or False, got {self.kernels!r}")
+        if not (self.init is None or callable(self.init) or (isinstance(self.init, str) and self.init)):
+            raise AutoparError(f"init must be None (the model's weights and initialisers), a function "
+                               f"init(name, local_tensor, global_shape, local_slices) or the path of a safetensors "
+                               f"checkpoint, got {self.init!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise AutoparError(f"seed must be an integer >= 0, got {self.seed!r}")
 
     @classmethod
     def of(cls, options: PlanOptions | None = None, **kwargs) -> PlanOptions:
@@ -96,7 +112,7 @@ class PlanOptions:
         if unknown:
             raise TypeError(f"unknown planning option(s) {', '.join(unknown)}; "
                             f"the options are {', '.join(sorted(known))}")
-        base = asdict(options) if options is not None else {}
+        base = _shallow(options) if options is not None else {}
         return cls(**{**base, **kwargs})
 
     @property
@@ -110,19 +126,25 @@ class PlanOptions:
         """Bytes per device the plan must fit."""
         return float(cluster.memory_per_device if self.memory_budget is None else self.memory_budget)
 
+    def portable(self) -> PlanOptions:
+        """These options with a function ``init`` replaced by its description (so a Plan pickles and is
+        broadcast to every rank; the plan does not depend on ``init``)."""
+        return replace(self, init=describe_init(self.init)) if callable(self.init) else self
+
     def differences(self, other: PlanOptions) -> list[str]:
         """``name: this -> other`` for every option that differs."""
         return [f"{f.name}: {getattr(self, f.name)!r} -> {getattr(other, f.name)!r}" for f in fields(self)
                 if getattr(self, f.name) != getattr(other, f.name)]
 
     def to_json(self) -> dict:
-        data = asdict(self)
+        data = _shallow(self)
         if isinstance(self.checkpoint, tuple):
             data["checkpoint"] = list(self.checkpoint)
         if isinstance(self.outputs, tuple):
             data["outputs"] = list(self.outputs)
         if self.memory_budget == math.inf:
             data["memory_budget"] = "inf"  # no budget (JSON has no infinity)
+        data["init"] = describe_init(self.init)
         return data
 
     @classmethod
@@ -132,3 +154,15 @@ class PlanOptions:
         if data.get("memory_budget") == "inf":
             data["memory_budget"] = math.inf
         return cls(**data)
+
+
+def describe_init(init) -> str | None:
+    """``init`` as JSON: None, the checkpoint path, or ``"function <name>"`` for a function."""
+    if callable(init):
+        return f"function {getattr(init, '__name__', None) or type(init).__name__}"
+    return init
+
+
+def _shallow(options: PlanOptions) -> dict:
+    """Field name -> value, not copied (``dataclasses.asdict`` would deep-copy a function ``init``)."""
+    return {f.name: getattr(options, f.name) for f in fields(options)}

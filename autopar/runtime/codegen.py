@@ -7,8 +7,10 @@ Walks the traced graph once, in order, and writes a new graph:
 
 - placeholder: the global input arrives on every rank; ``self.comm`` keeps this rank's piece
   (R -> the placeholder's spec: a local split, no communication).
-- param / buffer: a ``get_attr`` of this rank's shard, cut from the full tensor and kept under
-  the parameter's original name, so ``named_parameters()`` reads like the model's.
+- param / buffer: a ``get_attr`` of this rank's shard, kept under the parameter's original name,
+  so ``named_parameters()`` reads like the model's. The shard comes from ``source``
+  (``runtime/materialise.py``): cut from the traced module's real tensor by default, or made from
+  meta by the model's initialisers, a user function or a checkpoint.
 - op: each input is resharded from its producer's spec to the spec the chosen strategy wants
   (one ``self.comm(x, src, dst, global_shape)`` per distinct producer and spec), and shape
   arguments are made local (``localize.local_args``).
@@ -34,6 +36,7 @@ import torch.fx as fx
 from autopar.errors import AutoparError, NodeError
 from autopar.runtime.grad_sync import DEFAULT_BUCKET_BYTES, GradSync, ParamUse
 from autopar.runtime.localize import ShardedCrossEntropy, local_args, mean_scale, vocab_parallel_module
+from autopar.runtime.materialise import TracedWeights
 from autopar.runtime.parallel_module import LocalOutput, ParallelModule, ParamLayout
 from autopar.runtime.rng import SeededRandom, StepCounter, draws_random
 from autopar.runtime.sync_batchnorm import sharded_batch_norm
@@ -98,16 +101,19 @@ def _fetch(module: torch.nn.Module, target: str):
     return obj
 
 
-def generate(gm: fx.GraphModule, plan, mesh, sc, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+def generate(gm: fx.GraphModule, plan, mesh, sc, source=None, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
              local_outputs: bool = False, seed: int = 0, reduce_dtype=torch.float32) -> ParallelModule:
     """The per-rank module for ``gm`` under ``plan`` (a ShardingPlan of the same traced graph).
 
-    Parameters replicated on some mesh axes are read through ``sync_<name>`` (``grad_sync.ParamUse``)
-    and their gradients reduced in chunks of ``bucket_bytes`` (``grad_sync.GradSync``). ``local_outputs``:
-    every output with dims leaves as this rank's shard (a ``ShardedOutput``), not gathered. ``seed``:
-    every random op draws from its own seed (``rng.SeededRandom``), derived from this one.
+    ``source.local(name, layout, piece, slices, device)`` gives each local shard (materialise.py;
+    default: cut from the real tensors ``gm`` holds). Parameters replicated on some mesh axes are read
+    through ``sync_<name>`` (``grad_sync.ParamUse``) and their gradients reduced in chunks of
+    ``bucket_bytes`` (``grad_sync.GradSync``). ``local_outputs``: every output with dims leaves as this
+    rank's shard (a ``ShardedOutput``), not gathered. ``seed``: every random op draws from its own seed
+    (``rng.SeededRandom``), derived from this one.
     """
-    emitter = _Emitter(gm, plan, mesh, sc, GradSync(mesh, bucket_bytes, reduce_dtype))
+    emitter = _Emitter(gm, plan, mesh, sc, GradSync(mesh, bucket_bytes, reduce_dtype),
+                       source if source is not None else TracedWeights(gm))
     emitter.seed = seed
     if local_outputs:
         emitter.root["local_out"] = LocalOutput(sc, mesh)
@@ -125,8 +131,8 @@ def generate(gm: fx.GraphModule, plan, mesh, sc, *, bucket_bytes: int = DEFAULT_
 class _Emitter:
     """Writes the per-rank graph, one traced node at a time (``env``: traced node -> new node)."""
 
-    def __init__(self, gm: fx.GraphModule, plan, mesh, sc, grad_sync: GradSync) -> None:
-        self.gm, self.mesh, self.grad_sync = gm, mesh, grad_sync
+    def __init__(self, gm: fx.GraphModule, plan, mesh, sc, grad_sync: GradSync, source) -> None:
+        self.gm, self.mesh, self.grad_sync, self.source = gm, mesh, grad_sync, source
         self.synced: dict[str, tuple[tuple[int, ...], int]] = {}  # execution order: name -> (axes, uses)
         self.rng_step, self.seed = StepCounter(), 0
         self._uniform: dict[int, dict[fx.Node, bool]] = {}  # mesh axis -> node -> its gradient is uniform
@@ -236,17 +242,18 @@ class _Emitter:
 
     def local_attr(self, node: fx.Node) -> fx.Node:
         """This rank's shard of a parameter or buffer, registered under its original name."""
-        full = _fetch(self.gm, node.target)
+        full = _fetch(self.gm, node.target)  # real or on meta: its shape, dtype and kind
         spec = self.out_spec(node) or ShardingSpec.replicate(full.dim())
         name = node.meta.get("param", node.target)
-        local = full.detach()[spec.local_slices(tuple(full.shape), self.mesh_shape, self.mesh.coord)]
-        local = local.to(self.mesh.device).clone()
         is_param = isinstance(full, torch.nn.Parameter)
+        layout = ParamLayout(spec, tuple(full.shape), tuple(node.meta.get("param_aliases", (name,))), is_param)
+        piece = node.meta.get("param_piece")  # a column block of a fused projection's weight (tracer/fused.py)
+        slices = spec.local_slices(layout.shape, self.mesh_shape, self.mesh.coord)
+        local = self.source.local(name, layout, piece, slices, self.mesh.device)
         self.root[name] = torch.nn.Parameter(local, requires_grad=full.requires_grad) if is_param else local
-        self.params[name] = ParamLayout(spec, tuple(full.shape), tuple(node.meta.get("param_aliases", (name,))),
-                                        is_param)
-        if "param_piece" in node.meta:  # a column block of a fused projection's weight (tracer/fused.py)
-            self.pieces[name] = node.meta["param_piece"]
+        self.params[name] = layout
+        if piece is not None:
+            self.pieces[name] = piece
         new = self.graph.get_attr(name)
         new.meta = dict(node.meta)
         return new

@@ -173,7 +173,8 @@ class Plan:
         if not problems and graph_fingerprint(gm) != self.fingerprint:
             problems.append("the traced graph differs from the one planned: " + _first_difference(gm, self.sharding))
         if options is not None:
-            diffs = [d for d in self.options.differences(options) if not d.startswith("kernels")]
+            diffs = [d for d in self.options.differences(options)  # options the plan does not depend on
+                     if not d.startswith(("kernels:", "init:", "seed:"))]
             if diffs:
                 problems.append("the options differ from the plan's (" + "; ".join(diffs) + ")")
         if problems:
