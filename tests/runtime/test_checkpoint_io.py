@@ -22,6 +22,7 @@ from autopar.runtime.materialise import source_for
 from autopar.runtime.safetensors_io import StreamingWriter
 from autopar.tracer import trace
 from tests.distributed import DistributedTestError, run_distributed
+from tests.runtime.sharded_plans import sharded_plan
 from tests.test_autoparallelize import ATOL, RTOL, train_and_compare
 
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
@@ -125,21 +126,21 @@ def test_the_streaming_writer_writes_what_safetensors_reads(tmp_path):
 
 
 # ---- gloo worlds ------------------------------------------------------------------------------------------
-def _load_export_save(rank, world_size, saved, out_dir, ckpt) -> dict:
+def _load_export_save(rank, world_size, saved, out_dir, ckpt, plans) -> dict:
     cluster = autopar.ClusterInfo.preset("cpu:2x2")
     for (name, layout), path in saved.items():
         model, inputs = zoo.build(name, "tiny", device="meta")
         real = zoo.build(name, "tiny", device="cpu")[1]
-        pm = autopar.autoparallelize(model, cluster, real, init=path, checkpoint="none")
+        pm = autopar.autoparallelize(model, cluster, real, init=path, plan=plans[name, "cpu:2x2"])
         assert any(not pm.param_spec(n).is_replicated() for n in pm.full_state_dict()), "nothing sharded"
         train_and_compare(_hf(name, path), pm, real, f"{name} loaded from {layout} on (2, 2)")
         if layout == "sharded":  # load_checkpoint into a module that already exists (seeded init)
-            pm = autopar.autoparallelize(model, cluster, real, seed=3, checkpoint="none")
+            pm = autopar.autoparallelize(model, cluster, real, seed=3, plan=plans[name, "cpu:2x2"])
             autopar.load_checkpoint(pm, path)
             _close(pm.full_state_dict(), _hf(name, path).state_dict(), f"{name} load_checkpoint")
     # export: from_pretrained reads the file and computes the logits of full_state_dict() in the original model
     model, inputs = zoo.build("gpt2", "tiny", device="cpu")
-    pm = autopar.autoparallelize(model, cluster, inputs, checkpoint="none")
+    pm = autopar.autoparallelize(model, cluster, inputs, plan=plans["gpt2", "cpu:2x2"])
     _steps(pm, inputs, _adamw(pm.parameters()), 1)  # weights that differ from the model's
     file = autopar.export_safetensors(pm, out_dir, config=model.config)
     state = pm.full_state_dict()
@@ -153,7 +154,7 @@ def _load_export_save(rank, world_size, saved, out_dir, ckpt) -> dict:
         torch.testing.assert_close(exported(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
     # DCP: 3 AdamW steps on (2, 2), then save model and optimizer
     model, inputs = zoo.build("gpt2", "tiny", device="cpu")
-    pm = autopar.autoparallelize(model, cluster, inputs, checkpoint="none")
+    pm = autopar.autoparallelize(model, cluster, inputs, plan=plans["gpt2", "cpu:2x2"])
     optimizer = _adamw(pm.parameters())
     _steps(pm, inputs, optimizer, 3)
     autopar.save_checkpoint(pm, ckpt, optimizer)
@@ -161,18 +162,19 @@ def _load_export_save(rank, world_size, saved, out_dir, ckpt) -> dict:
     return pm.full_state_dict()
 
 
-def _resumed(mesh: str, ckpt: str):
-    """GPT-2 tiny started on meta on ``mesh``, model and AdamW state loaded from ``ckpt``; with its inputs."""
+def _resumed(mesh: str, ckpt: str, plan):
+    """GPT-2 tiny started on meta on ``mesh`` under ``plan``, model and AdamW state loaded from ``ckpt``;
+    with its inputs."""
     model, _ = zoo.build("gpt2", "tiny", device="meta")
     real = zoo.build("gpt2", "tiny", device="cpu")[1]
-    pm = autopar.autoparallelize(model, autopar.ClusterInfo.preset(mesh), real, checkpoint="none")
+    pm = autopar.autoparallelize(model, autopar.ClusterInfo.preset(mesh), real, plan=plan)
     optimizer = _adamw(pm.parameters())
     autopar.load_checkpoint(pm, ckpt, optimizer)
     return pm, optimizer, real
 
 
-def _resume_then_die_saving(rank, world_size, ckpt, marker) -> None:
-    pm, optimizer, real = _resumed("cpu:4", ckpt)
+def _resume_then_die_saving(rank, world_size, ckpt, marker, plan) -> None:
+    pm, optimizer, real = _resumed("cpu:4", ckpt, plan)
     _steps(pm, real, optimizer, 3)
     _close(pm.full_state_dict(), _reference(6), "3 steps on (2, 2) + 3 on (4,)")
     if rank == 0:
@@ -191,26 +193,28 @@ def _resume_then_die_saving(rank, world_size, ckpt, marker) -> None:
     autopar.save_checkpoint(pm, ckpt, optimizer)
 
 
-def _resume_after_the_kill(rank, world_size, ckpt, saved_state) -> None:
-    pm, optimizer, real = _resumed("cpu:2", ckpt)
+def _resume_after_the_kill(rank, world_size, ckpt, saved_state, plans) -> None:
+    pm, optimizer, real = _resumed("cpu:2", ckpt, plans["gpt2", "cpu:2"])
     _close(pm.full_state_dict(), saved_state, "the checkpoint that survived")
     _steps(pm, real, optimizer, 3)
     _close(pm.full_state_dict(), _reference(6), "3 steps on (2, 2) + 3 on (2,)")
     autopar.save_checkpoint(pm, ckpt, optimizer)  # a save after a failed one succeeds
     with pytest.raises(AutoparError, match="missing keys: lm_head.weight"):
         other, _ = zoo.build("llama", "tiny", device="meta")
-        pl = autopar.autoparallelize(other, autopar.ClusterInfo.preset("cpu:2"), real, checkpoint="none")
+        pl = autopar.autoparallelize(other, autopar.ClusterInfo.preset("cpu:2"), real, plan=plans["llama", "cpu:2"])
         autopar.load_checkpoint(pl, ckpt)
 
 
 def test_checkpoints_load_sharded_resume_on_other_meshes_and_survive_a_rank_dying(tmp_path):
     saved = _saved(tmp_path)
+    wanted = [("gpt2", "cpu:2x2"), ("gpt2", "cpu:4"), ("gpt2", "cpu:2"), ("llama", "cpu:2x2"), ("llama", "cpu:2")]
+    plans = {key: sharded_plan(*key) for key in wanted}  # three plans of GPT-2: the checkpoint moves between them
     ckpt, marker = str(tmp_path / "dcp"), str(tmp_path / "resumed")
-    state = run_distributed(_load_export_save, 4, saved, str(tmp_path / "export"), ckpt, timeout=600)[0]
+    state = run_distributed(_load_export_save, 4, saved, str(tmp_path / "export"), ckpt, plans, timeout=600)[0]
     assert os.path.isfile(os.path.join(ckpt, ".metadata"))
     with pytest.raises(DistributedTestError):
-        run_distributed(_resume_then_die_saving, 4, ckpt, marker, timeout=300)
+        run_distributed(_resume_then_die_saving, 4, ckpt, marker, plans["gpt2", "cpu:4"], timeout=300)
     assert open(marker).read() == "resumed", "the run on (4,) failed before the save it was meant to die in"
     assert os.path.isdir(ckpt + ".saving") and not os.path.isfile(os.path.join(ckpt + ".saving", ".metadata"))
-    run_distributed(_resume_after_the_kill, 2, ckpt, state, timeout=300)
+    run_distributed(_resume_after_the_kill, 2, ckpt, state, plans, timeout=300)
     assert not os.path.exists(ckpt + ".saving") and os.path.isfile(os.path.join(ckpt, ".metadata"))

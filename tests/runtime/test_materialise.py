@@ -20,6 +20,7 @@ from autopar.runtime.parallel_module import ParamLayout
 from autopar.spec import ShardingSpec
 from autopar.tracer import trace
 from tests.distributed import run_distributed
+from tests.runtime.sharded_plans import sharded_plan
 from tests.test_autoparallelize import train_and_compare
 
 
@@ -155,14 +156,14 @@ def _nan_init(name, local, global_shape, local_slices):
     return False
 
 
-def _materialise(rank, world_size, meshes) -> dict:
+def _materialise(rank, world_size, meshes, plans) -> dict:
     out: dict = {"seeded": {}, "user": {}}
     for mesh in meshes:
         cluster = autopar.ClusterInfo.preset("cpu:" + "x".join(map(str, mesh)))
         for name in ("gpt2", "llama"):
             model, inputs = zoo.build(name, "tiny", device="meta")
             real = zoo.build(name, "tiny", device="cpu")[1]  # the same ids, on CPU
-            pm = autopar.autoparallelize(model, cluster, real, seed=0, memory_budget=None, checkpoint="none")
+            pm = autopar.autoparallelize(model, cluster, real, seed=0, plan=plans[name, mesh])
             assert all(not t.is_meta for t in pm.state_dict().values())
             # a collective: every rank gathers (cloned: a replicated tensor comes back as the parameter itself)
             state = {k: v.clone() for k, v in pm.full_state_dict().items()}
@@ -185,7 +186,9 @@ def _materialise(rank, world_size, meshes) -> dict:
 
 @pytest.mark.parametrize("world_size, meshes", [(2, [(2,)]), (4, [(4,), (2, 2)])], ids=["world2", "world4"])
 def test_meta_models_gather_to_the_seeded_state_on_every_mesh(world_size, meshes):
-    results = run_distributed(_materialise, world_size, meshes, timeout=600)[0]
+    plans = {(name, mesh): sharded_plan(name, "cpu:" + "x".join(map(str, mesh))) for name in ("gpt2", "llama")
+             for mesh in meshes}
+    results = run_distributed(_materialise, world_size, meshes, plans, timeout=600)[0]
     for name in ("gpt2", "llama"):
         want = _seeded(name)
         for mesh in meshes:
