@@ -21,7 +21,8 @@ launched reduction is waited for, a chunk replicated on more axes is all-reduced
 others in turn (one collective per mesh axis: one group's collectives are not ordered with
 another's, so the next axis starts when the previous is done), and each
 parameter's ``.grad`` is set to its slot of the reduced buffer (a view: no copy), or the reduced
-gradient is added to a ``.grad`` the user kept from an earlier step.
+gradient is added to a ``.grad`` the user kept from an earlier step; a parameter none of whose uses
+reached the loss keeps its ``.grad`` as it was (None at first), as on one device.
 
 ``no_sync()``: contributions are summed into the chunks across backward passes and reduced only
 by the first backward outside the context, as DDP's ``no_sync`` (``.grad`` is written then).
@@ -49,6 +50,7 @@ class Slot:
     numel: int
     uses: int  # how many times the per-rank graph reads it (each delivers one contribution)
     arrived: int = 0
+    received: bool = False  # has a contribution in the current accumulation window (else its .grad stays as is)
 
 
 @dataclass
@@ -130,6 +132,7 @@ class GradSync:
         view = chunk.view(chunk.grads, slot)
         view.add_(grad.reshape(view.shape))
         slot.arrived += 1
+        slot.received = True
         chunk.pending -= 1
         if self.sync and chunk.pending == 0:
             self._launch_ready()
@@ -144,6 +147,8 @@ class GradSync:
                 if g is not None and _views(g, chunk.grads):
                     slot.param.grad = g.clone()
             chunk.grads.zero_()
+        for slot in chunk.slots:
+            slot.received = False
         chunk.touched = True
 
     def _launch_ready(self) -> None:
@@ -178,6 +183,8 @@ class GradSync:
                 chunk.grads.copy_(chunk.wire)
             chunk.wire = None
             for slot in chunk.slots:
+                if not slot.received:  # no use reached the loss (on any rank: all run the same graph): no gradient
+                    continue
                 reduced = chunk.view(chunk.grads, slot)
                 g = slot.param.grad
                 if g is None:

@@ -34,7 +34,7 @@ from autopar.solver.checkpoint_dp import Chain, Schedule, no_checkpoint, plan_ch
 from autopar.solver.checkpoint_saved import StrategyOf, root_bytes, root_key, saved_storages
 from autopar.solver.cost_model import local_bytes
 from autopar.tracer.meta import is_multi, tensor_meta
-from autopar.tracer.ops import Prop, has
+from autopar.tracer.ops import Prop, has, inplace_name
 
 _NOT_OPS = ("placeholder", "get_attr", "output")
 Background = dict  # node name -> (bytes besides activations at its forward step, at its backward step)
@@ -75,7 +75,7 @@ def stateful(node: fx.Node) -> bool:
     op = node.meta.get("op") or ""
     if op == "batch_norm":
         return bool(node.args[5]) and any(isinstance(a, fx.Node) for a in node.args[1:3])
-    return has(op, Prop.INPLACE) or op == "setitem" or (op.endswith("_") and not op.endswith("__"))
+    return has(op, Prop.INPLACE) or op == "setitem" or inplace_name(op)
 
 
 def forward_time(nodes, strategy_of: StrategyOf) -> float:

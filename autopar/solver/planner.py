@@ -4,17 +4,20 @@ Stage 1 (the sharding ILP, ``ilp.solve``) and stage 2 (activation checkpointing,
 on one account of memory (``timeline``): a plan fits when its Timeline's peak, with its
 recomputation schedule, is within the budget. ``checkpoint``:
 
-- ``"none"``: stage 1 alone, at the budget.
+- ``"none"``: no recomputation: stage 1's plan at the budget when it fits; otherwise (stage 1 counts a
+  saved activation once, where two savers may keep two resharded copies) the plan needing least memory.
 - ``None`` (default): stage 1's plan at the budget when it fits; otherwise stage 2 on stage 1's
   candidates and the fastest that fits wins.
 - ``"auto"``: stage 2's candidates are weighed even when stage 1's plan fits alone.
-- module names: stage 1 at the budget, those modules recomputed.
+- module names: those modules recomputed, in stage 1's plan at the budget or else in the plan needing
+  least memory.
 
 Stage 2's candidates are the plan stage 1 fits to the budget, the fastest plan (no budget) and,
 when neither fits with recomputation, the plan needing least memory (solved at stage 1's smallest
 budget). The last two do not depend on the budget, so the smallest budget an error states (the
 least peak any schedule of either reaches) fits when planned again: at that budget the same plan
-and schedule are among the candidates.
+and schedule are among the candidates. So for "none" and module names: the smallest budget stated is
+the peak of the plan needing least memory (with those modules recomputed), a candidate at every budget.
 """
 from __future__ import annotations
 
@@ -146,7 +149,7 @@ def plan_graph(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, s
 def _choose(planner: Planner, budget: float, mode) -> tuple[_Candidate, list[str]]:
     if isinstance(mode, tuple):
         return _user_regions(planner, budget, mode), [f"checkpoint: the {len(mode)} module(s) asked for"]
-    fitted = planner.solve(budget) if mode == "none" else planner.try_solve(budget)
+    fitted = planner.try_solve(budget)
     notes: list[str] = []
     found: list[_Candidate] = []
     if fitted is not None:
@@ -155,14 +158,9 @@ def _choose(planner: Planner, budget: float, mode) -> tuple[_Candidate, list[str
             found.append(_Candidate(fitted, None, timeline, "the plan fitted to the budget"))
             if mode != "auto":
                 return found[0], notes
-        elif mode == "none":
-            raise AutoparError(
-                f"the sharding plan fitted to the budget of {_bytes(budget)} holds {_bytes(timeline.peak)} per device "
-                f"at {timeline.breakdown()['step']} once every saved copy is counted (stage 1's account: "
-                f"{_bytes(fitted.peak_memory)}); allow activation checkpointing (checkpoint=None or 'auto') or raise "
-                f"memory_budget")
     if mode == "none":
-        return found[0], notes
+        return _leanest_alone(planner, budget), ["the plan fitted to the budget does not fit once every saved copy "
+                                                 "is counted: the plan needing least memory"]
     smallest: dict[str, float] = {}
     if fitted is not None and not found:
         _with_checkpoints(planner, fitted, budget, "the plan fitted to the budget", found, smallest)
@@ -207,19 +205,35 @@ def _with_checkpoints(planner: Planner, sharding: ShardingPlan, budget: float, l
     found.append(_Candidate(sharding, ckpt if ckpt.regions else None, timeline, label))
 
 
+def _leanest_alone(planner: Planner, budget: float) -> _Candidate:
+    """checkpoint="none" when stage 1 found no plan, or its plan holds more once every saved copy is counted
+    (two savers of one activation keeping two resharded copies): the plan needing least memory, if it fits.
+    Else the error states that plan's peak, which fits when planned again: it is a candidate at every budget."""
+    lean = planner.leanest()
+    timeline = planner.timeline(lean)
+    if timeline.peak > budget:
+        raise InfeasibleBudgetError(budget, math.ceil(timeline.peak),
+                                    detail="(without activation checkpointing, every saved copy counted)")
+    return _Candidate(lean, None, timeline, "the plan needing least memory")
+
+
 def _user_regions(planner: Planner, budget: float, modules: tuple[str, ...]) -> _Candidate:
-    sharding = planner.solve(budget)
+    """The plan fitted to the budget with ``modules`` recomputed or, when that does not fit, the plan needing
+    least memory with them; else the error states the latter's peak (a candidate at every budget, so it fits)."""
     regions = module_regions(planner.gm, modules)
+    fitted = planner.try_solve(budget)
+    for sharding in ([fitted] if fitted is not None else []) + [planner.leanest()]:
+        before, timeline = planner.timeline(sharding), planner.timeline(sharding, regions)
+        if timeline.peak <= budget:
+            break
+    else:
+        raise InfeasibleBudgetError(budget, math.ceil(timeline.peak),
+                                    detail=f"(with the modules {', '.join(modules)} recomputed)")
     of = sharding.strategy_lookup()
     by_name = {n.name: n for n in planner.gm.graph.nodes}
-    before, timeline = planner.timeline(sharding), planner.timeline(sharding, regions)
     extra = sum(forward_time([by_name[n] for n in region], of) for region in regions)
     ckpt = CheckpointPlan(regions, len(regions), extra, before.kept() - timeline.kept(), before.peak, timeline.peak,
                           budget, timeline.kept())
-    if timeline.peak > budget:
-        raise AutoparError(f"with the modules {', '.join(modules)} recomputed the plan holds {_bytes(timeline.peak)} "
-                           f"per device, above the budget of {_bytes(budget)}; name more modules, let autopar choose "
-                           f"(checkpoint=None or 'auto'), or raise memory_budget")
     return _Candidate(sharding, ckpt, timeline, "the modules asked for")
 
 

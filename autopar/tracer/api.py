@@ -38,7 +38,6 @@ def trace(
     """
     tracer = ColoTracer(compute_dtype)
     graph = tracer.trace_model(model, example_inputs, concrete_args)
-    _keep_unread_parameters(tracer, model, graph)
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
     for node in gm.graph.nodes:  # constants fx embedded itself (``_tensor_constant0``)
         if node.op == "get_attr" and "val" not in node.meta:
@@ -48,30 +47,44 @@ def trace(
             node.meta["val"] = fx.node.map_arg(node.args[0], lambda n: n.meta.get("val"))
     canonicalize(gm)
     select_outputs(gm, outputs)  # before profiling: what nobody reads is not traced at all
+    _keep_unread_state(tracer, model, gm)  # after every dead-code pass: state only dead code read stays
     split_fused_projections(gm)  # q, k, v of one fused matmul: one matmul each (fused.py)
     profile_graph(gm)
     gm.recompile()
     return gm
 
 
-def _keep_unread_parameters(tracer: ColoTracer, model: torch.nn.Module, graph: fx.Graph) -> None:
-    """A parameter the forward never reads (DINOv2's ``mask_token`` in classification) is still the model's:
-    it gets a ``get_attr`` node with no users (``meta["unread"]``, never removed as dead code), so it is
-    planned, stored, saved and loaded like every other parameter."""
-    attrs = tracer._attr_meta
+def _keep_unread_state(tracer: ColoTracer, model: torch.nn.Module, gm: fx.GraphModule) -> None:
+    """A parameter or buffer the forward never reads (DINOv2's ``mask_token`` in classification), or that
+    only code whose result nobody uses read, is still the model's: it gets a ``get_attr`` node with no
+    users (``meta["unread"]``, never removed as dead code), so it is planned, stored, saved and loaded
+    like every other parameter and buffer."""
+    graph, attrs = gm.graph, tracer._attr_meta
     read = {id(attrs[n.target]) for n in graph.nodes if n.op == "get_attr" and n.target in attrs}
     last = None
     for node in graph.nodes:
         if node.op == "placeholder":
             last = node
-    for name, param in model.named_parameters():
-        if id(param) in read:
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if id(t) in read:
             continue
-        read.add(id(param))
+        read.add(id(t))
+        owner, _, leaf = name.rpartition(".")
+        holder = gm
+        for atom in owner.split(".") if owner else ():  # the GraphModule holds only what its graph read
+            if not hasattr(holder, atom):
+                holder.add_module(atom, torch.nn.Module())
+            holder = getattr(holder, atom)
+        if isinstance(t, torch.nn.Parameter) and not hasattr(holder, leaf):
+            holder.register_parameter(leaf, t)
+        elif not hasattr(holder, leaf):
+            holder.register_buffer(leaf, t)
         with graph.inserting_after(last) if last is not None else graph.inserting_before(None):
             node = graph.get_attr(name)
-        node.meta.update(val=tracer._meta_of_attr(name), param=name, param_aliases=tracer._aliases[id(param)],
-                         unread=True)
+        node.meta.update(val=tracer._meta_of_attr(name), unread=True)
+        if isinstance(t, torch.nn.Parameter):
+            node.meta.update(param=name, param_aliases=tracer._aliases[id(t)])
+        node.meta["op"] = "param" if "param" in node.meta else "buffer"
         last = node
 
 

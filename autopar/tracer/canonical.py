@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from autopar.tracer.canonical_tensor import TENSOR_NAMES, canonicalize_tensor
 from autopar.tracer.canonical_vision import VISION_NAMES, canonicalize_vision
 from autopar.tracer.inplace import functionalize
+from autopar.tracer.ops import inplace_name
 
 VIEW_NAMES = frozenset({"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"})
 PERMUTE_NAMES = frozenset({"permute", "transpose", "swapaxes", "swapdims", "t"})
@@ -197,7 +198,7 @@ def _is_dtype_view(node: fx.Node) -> bool:
 def _has_inplace_user(node: fx.Node) -> bool:
     for user in node.users:
         name = op_name(user)
-        if (name.endswith("_") and not name.endswith("__")) or name == "setitem":
+        if inplace_name(name) or name == "setitem":
             return True
     return False
 
@@ -304,7 +305,7 @@ def _remove_dead_nodes(graph: fx.Graph) -> None:
         if node.op not in ("call_function", "call_method", "get_attr") or node.users or node.meta.get("unread"):
             continue
         name = op_name(node)
-        if (name.endswith("_") and not name.endswith("__")) or name in _EFFECTFUL:
+        if inplace_name(name) or name in _EFFECTFUL:
             continue
         if node.op == "call_function" and node.target is operator.setitem:
             continue

@@ -149,6 +149,15 @@ ALIASING_SPELLINGS = frozenset({
 })
 
 
+# ``operator`` functions whose names end in "_" but work out of place (``a & b`` is ``operator.and_``)
+_OPERATOR_NAMES = frozenset({"and_", "or_", "not_", "is_"})
+
+
+def inplace_name(name: str) -> bool:
+    """Whether an op spelled ``name`` works in place (``add_``, ``masked_fill_``; not ``operator.and_``)."""
+    return name.endswith("_") and not name.endswith("__") and name not in _OPERATOR_NAMES
+
+
 def props(op: str | None) -> Prop:
     """The properties of canonical op ``op`` (``Prop.NONE`` for ops not in the table)."""
     return OPS.get(op, P.NONE) if op is not None else P.NONE

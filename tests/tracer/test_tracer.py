@@ -253,3 +253,43 @@ def test_shape_control_flow_and_concrete_args():
     gm2 = trace(model, (x,), concrete_args={"flag": False})
     assert "slice" not in keys_of(gm2) and torch.allclose(gm2(x), model(x, flag=False), atol=1e-6)
 
+
+
+class _DeadBranch(nn.Module):
+    """Fuzz seeds 13 and 34: a Conv1d and an index buffer that only code nobody uses reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = nn.Linear(6, 4)
+        self.dead = nn.Conv1d(3, 5, 2)
+        self.register_buffer("index", torch.tensor([2, 0, 1]))
+        self.register_buffer("never", torch.ones(2))
+
+    def forward(self, x):
+        _unused = (self.dead(x).sum(1) > 0) & (x.index_select(1, self.index).sum(1)[..., :5] > 0)  # noqa: F841
+        return self.used(x).square().mean()
+
+
+def test_state_only_dead_code_reads_stays_in_the_graph():
+    model, x = _DeadBranch(), torch.randn(2, 3, 6)
+    gm = trace(model, (x,))
+    kept = {n.target: n.meta["op"] for n in gm.graph.nodes if n.op == "get_attr"}
+    assert kept == {"used.weight": "param", "used.bias": "param", "dead.weight": "param", "dead.bias": "param",
+                    "index": "buffer", "never": "buffer"}
+    assert all(n.meta.get("unread") for n in gm.graph.nodes if n.op == "get_attr" and not n.target.startswith("used"))
+    assert isinstance(gm.get_parameter("dead.weight"), nn.Parameter) and gm.get_buffer("index") is model.index
+    assert not any(n.meta.get("op") == "conv1d" for n in gm.graph.nodes)  # the dead code itself is gone
+    torch.testing.assert_close(gm(x), model(x))
+
+
+def test_operator_and_is_no_inplace_op():
+    """``a & b`` is ``operator.and_``: removed when dead (above), never stateful (stage 2 may recompute it)."""
+    from autopar.solver.checkpoint import stateful
+
+    class Masks(nn.Module):
+        def forward(self, x):
+            return torch.where((x > 0) & (x < 1) | (x < -1), x, 0.0).sum()
+
+    gm = trace(Masks(), (torch.randn(4, 3),))
+    ops = {n.meta["op"]: n for n in gm.graph.nodes if n.op == "call_function"}
+    assert {"and_", "or_"} <= set(ops) and not stateful(ops["and_"]) and not stateful(ops["or_"])
