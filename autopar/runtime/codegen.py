@@ -264,7 +264,9 @@ class _Emitter:
         layout = ParamLayout(spec, tuple(full.shape), tuple(node.meta.get("param_aliases", (name,))), is_param)
         piece = node.meta.get("param_piece")  # a column block of a fused projection's weight (tracer/fused.py)
         slices = spec.local_slices(layout.shape, self.mesh_shape, self.mesh.coord)
-        local = self.source.local(name, layout, piece, slices, self.mesh.device)
+        # under Gemini a trainable parameter starts on the host: its chunk comes to the device when used
+        device = "cpu" if self.gemini and is_param and full.requires_grad else self.mesh.device
+        local = self.source.local(name, layout, piece, slices, device)
         self.root[name] = torch.nn.Parameter(local, requires_grad=full.requires_grad) if is_param else local
         self.params[name] = layout
         if piece is not None:

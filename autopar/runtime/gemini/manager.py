@@ -55,13 +55,13 @@ class ChunkManager:
 
     # ---- setup -------------------------------------------------------------------------------
     def attach(self) -> None:
-        """After ``grad_sync.build``: every chunk starts in HOLD with its parameters where build put them."""
+        """After ``grad_sync.build``: every chunk starts in HOLD with its parameters on the host (codegen
+        made them there), and the policy places them."""
         chunks = self.sync.chunks
         self._by_name = {slot.name: chunk for chunk in chunks for slot in chunk.slots}
         self.machines = [StateMachine(c.index) for c in chunks]
         for chunk in chunks:
-            self.where[(chunk.index, "params")] = "device"
-            self.device.track(chunk.params)
+            self.where[(chunk.index, "params")] = "device" if self.device.on_device(chunk.params) else "host"
         self.policy.setup(self)
 
     @property

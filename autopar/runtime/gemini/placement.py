@@ -47,8 +47,8 @@ class StaticPlacement:
     def setup(self, m) -> None:
         self.params_host = _first_fraction(m, self.params_fraction)
         self.optim_host = _first_fraction(m, self.optim_fraction)
-        for index in sorted(self.params_host):
-            m.move(index, "params", "host")
+        for chunk in m.chunks:
+            m.move(chunk.index, "params", "host" if chunk.index in self.params_host else "device")
 
     def make_room(self, m, units) -> None:
         return None
