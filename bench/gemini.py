@@ -108,7 +108,7 @@ def run_autopar(model, inputs, cap: float, steps: int, cuda: bool) -> dict:
     import autopar
     from autopar.runtime.gemini import DeviceMemoryError
 
-    cluster = autopar.ClusterInfo.preset("cuda:1" if cuda else "cpu:1")
+    cluster = autopar.ClusterInfo.preset("1xH100" if cuda else "cpu:1")
     largest = max(p.numel() * p.element_size() for p in model.parameters())
     try:
         pm = autopar.autoparallelize(model, cluster, inputs, offload="auto", memory_budget=cap, checkpoint="none",

@@ -165,7 +165,8 @@ class CudaDevice:
         return torch.zeros(numel, dtype=dtype, pin_memory=True)
 
     def on_device(self, tensor: torch.Tensor) -> bool:
-        return tensor.device == self.device
+        dev = tensor.device
+        return dev.type == "cuda" and (self.device.index is None or dev.index == self.device.index)
 
     def __enter__(self):
         return self
