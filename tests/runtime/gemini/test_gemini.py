@@ -131,6 +131,26 @@ def check_one_rank(rank: int, world_size: int) -> dict:
     with pytest.raises(AutoparError, match="no_sync .* not supported with offload"):
         pm.no_sync()
 
+    # a cap everything fits in: after the warm-up nothing moves, and AdamW steps on the device
+    roomy, roomy_opt = offloaded(model, inputs, cluster, "auto", 8 * model_data(model))
+    moved = []
+
+    def traffic():
+        moved.append(sum(roomy.gemini.traffic.values()))
+
+    got = train(roomy, inputs, roomy_opt, roomy.gemini.device)
+    traffic()
+    got_again = train(roomy, inputs, roomy_opt, roomy.gemini.device)  # 3 more steps
+    traffic()
+    assert moved[1] == moved[0] > 0 and set(roomy_opt.sides.values()) == {"device"}
+    compare("auto, all resident", got, want, RTOL, ATOL)
+    assert got_again["losses"][0] < want["losses"][-1]
+
+    with pytest.raises(AutoparError, match="must be torch.optim.Adam or torch.optim.AdamW"):
+        autopar.optimizer(roomy, torch.optim.SGD, lr=0.1)
+    with pytest.raises(AutoparError, match="offload='auto' needs a device memory cap: pass memory_budget"):
+        offloaded(model, inputs, cluster, "auto", None)
+
     static, static_opt = offloaded(model, inputs, cluster, {"params": 0.3, "optimizer": 0.3})
     policy = static.gemini.policy
     assert policy.params_host and policy.optim_host and len(policy.params_host) < len(static.gemini.chunks)
