@@ -53,7 +53,7 @@ def attach(module, grad_sync, offload, cap: float | None, device: torch.device) 
         dev = CudaDevice(device, cap)
     else:
         dev = TrackedDevice(cap, device)
-    manager = ChunkManager(grad_sync, dev, make_policy(offload, cap))
+    manager = ChunkManager(grad_sync, dev, make_policy(offload, cap, dev.is_cuda))
     manager.attach()
     hooks: list = []
 
