@@ -58,8 +58,7 @@ def attach(module, grad_sync, offload, cap: float | None, device: torch.device) 
     hooks: list = []
 
     def before(_module, _args):
-        if torch.is_grad_enabled():
-            manager.begin_iteration()
+        manager.begin_forward()
         saved = torch.autograd.graph.saved_tensors_hooks(manager.pack, manager.unpack)
         saved.__enter__()
         hooks.append(saved)

@@ -50,6 +50,7 @@ class ChunkManager:
         self._last_read: int | None = None
         self._next: dict[tuple[int, str], list[int]] | None = None
         self.t, self.in_iteration, self.on_schedule = -1, False, True
+        self.evaluating = False  # a forward without gradients: its events are not the iteration's
         self.iterations = 0
         self.off_schedule_iterations = 0
 
@@ -161,7 +162,7 @@ class ChunkManager:
     def _event(self, units: tuple, to_host: tuple = ()) -> None:
         """One chunk event: sample the interval that ends, make room, bring ``units`` to the device (and
         ``to_host`` to the host), then start the next interval's peak."""
-        if self.in_iteration:
+        if self.in_iteration and not self.evaluating:
             self._sample()
             self.t += 1
             if not self.stats.done:
@@ -207,10 +208,19 @@ class ChunkManager:
             self.machines[index].to(ChunkState.COMPUTE)
             self.pinned.add(index)
 
+    def begin_forward(self) -> None:
+        """A forward with gradients starts an iteration; one without (evaluation) keeps out of its schedule."""
+        self.evaluating = not torch.is_grad_enabled()
+        if not self.evaluating:
+            self.begin_iteration()
+
     def end_forward(self) -> None:
         for index in sorted(self.pinned):
             self._release(index)
         self._last_read = None
+        if self.evaluating:
+            self.device.reset_peak()  # the evaluation's peak is no interval's of the iteration
+        self.evaluating = False
 
     def backward_use(self, index: int) -> None:
         for other in sorted(self.pinned - {index, self._last_read}):

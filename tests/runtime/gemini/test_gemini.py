@@ -139,10 +139,13 @@ def check_one_rank(rank: int, world_size: int) -> dict:
         moved.append(sum(roomy.gemini.traffic.values()))
 
     got = train(roomy, inputs, roomy_opt, roomy.gemini.device)
+    with roomy.gemini.device, torch.no_grad():  # evaluation between steps keeps out of the schedule
+        assert roomy(**inputs).loss < got["losses"][-1]  # after the third step, on the same batch
     traffic()
     got_again = train(roomy, inputs, roomy_opt, roomy.gemini.device)  # 3 more steps
     traffic()
     assert moved[1] == moved[0] > 0 and set(roomy_opt.sides.values()) == {"device"}
+    assert roomy.gemini.off_schedule_iterations == 0
     compare("auto, all resident", got, want, RTOL, ATOL)
     assert got_again["losses"][0] < want["losses"][-1]
 
