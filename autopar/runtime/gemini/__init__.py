@@ -20,12 +20,15 @@ with activation checkpointing or ``no_sync``.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from autopar.runtime.gemini.manager import ChunkManager
 from autopar.runtime.gemini.memory import CudaDevice, DeviceMemoryError, MemStats, TrackedDevice
 from autopar.runtime.gemini.optim import ChunkOptimizer, optimizer
 from autopar.runtime.gemini.placement import AutoPlacement, StaticPlacement, make_policy
+from autopar.runtime.gemini.saved import pack, unpack
 from autopar.runtime.gemini.states import ChunkState, ChunkStateError, is_legal
 
 __all__ = ["AutoPlacement", "ChunkFetch", "ChunkManager", "ChunkOptimizer", "ChunkState", "ChunkStateError",
@@ -59,7 +62,7 @@ def attach(module, grad_sync, offload, cap: float | None, device: torch.device) 
 
     def before(_module, _args):
         manager.begin_forward()
-        saved = torch.autograd.graph.saved_tensors_hooks(manager.pack, manager.unpack)
+        saved = torch.autograd.graph.saved_tensors_hooks(partial(pack, manager), partial(unpack, manager))
         saved.__enter__()
         hooks.append(saved)
 

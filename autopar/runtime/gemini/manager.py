@@ -11,9 +11,9 @@ Chunk events, in the order one iteration makes them (forward start -> next forwa
 
 - ``forward_use(names)``: before a forward op, its parameters' chunks on the device, pinned (COMPUTE);
   the chunks pinned by the previous op are released.
-- ``backward_use(index)``: autograd unpacks a saved tensor that views a chunk (the pack hook saved
-  where it was, not the tensor, so autograd never keeps an evicted buffer alive): the chunk comes
-  back to the device, pinned until two reads later.
+- ``backward_use(index)``: autograd unpacks a saved tensor that views a chunk (saved.py saved where
+  it was, not the tensor, so autograd never keeps an evicted buffer alive): the chunk comes back to
+  the device, pinned until two reads later.
 - ``grads_use(chunk)``: a gradient contribution (or the reduction) needs the chunk's gradient buffer.
 - ``step_use(index, side)``: the optimizer steps the chunk on ``side``.
 
@@ -276,24 +276,6 @@ class ChunkManager:
             if self.machines[chunk.index].state is ChunkState.HOLD_AFTER_BWD:
                 self.machines[chunk.index].to(ChunkState.HOLD)
 
-    # ---- saved tensors: where in a chunk, not the tensor -------------------------------------------
-    def pack(self, tensor: torch.Tensor):
-        """Saved for backward: a view of a chunk's parameters is saved as (chunk, offset, size, stride)."""
-        ptr = tensor.untyped_storage().data_ptr()
-        for chunk in self.pinned_chunks():
-            if chunk.params.untyped_storage().data_ptr() == ptr:
-                return _InChunk(chunk.index, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
-        return tensor
-
-    def unpack(self, packed):
-        if not isinstance(packed, _InChunk):
-            return packed
-        self.backward_use(packed.index)
-        return self.chunks[packed.index].params.as_strided(packed.shape, packed.stride, packed.offset)
-
-    def pinned_chunks(self):
-        return [self.chunks[i] for i in self.pinned]
-
     # ---- for tests and reports ---------------------------------------------------------------------
     def states(self) -> list[list[ChunkState]]:
         return [list(m.history) for m in self.machines]
@@ -303,9 +285,3 @@ class ChunkManager:
                 "events": len(self.stats.events), "non_model_peak": self.stats.peak(), "traffic": dict(self.traffic),
                 "evictions": self.evictions, "off_schedule_iterations": self.off_schedule_iterations}
 
-
-class _InChunk:
-    __slots__ = ("index", "offset", "shape", "stride")
-
-    def __init__(self, index: int, offset: int, shape: tuple, stride: tuple) -> None:
-        self.index, self.offset, self.shape, self.stride = index, offset, shape, stride
