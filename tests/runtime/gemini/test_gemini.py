@@ -159,6 +159,13 @@ def check_one_rank(rank: int, world_size: int) -> dict:
     assert policy.params_host and policy.optim_host and len(policy.params_host) < len(static.gemini.chunks)
     got = train(static, inputs, static_opt, static.gemini.device)
     assert set(static_opt.sides.values()) == {"host", "device"}
+    m = static.gemini
+    host = sum(m.unit_bytes(i, "params") for i in policy.params_host)
+    assert 0.3 <= host / sum(m.unit_bytes(c.index, "params") for c in m.chunks) < 0.6
+    for chunk in m.chunks:  # between steps: the offloaded fraction on the host, the rest on the device
+        side = "host" if chunk.index in policy.params_host else "device"
+        assert m.where[(chunk.index, "params")] == side, f"chunk {chunk.index}"
+        assert m.where[(chunk.index, "optim")] == ("host" if chunk.index in policy.optim_host else "device")
     compare("static 0.3/0.3", got, want, RTOL, ATOL)
     return {"auto": auto["summary"], "cap": cap}
 
