@@ -13,7 +13,8 @@ two warm-up steps of each; one thread per rank):
 - ``tp``:   an MLP (hidden 1024, 4x, batch 16) under the plan autopar chooses (Megatron
             column-then-row) against torch's ``parallelize_module`` with ColwiseParallel/RowwiseParallel.
 
-A step is forward, backward and AdamW. Per engine: step time (median, ms) and autopar's ratio to the
+For GPT-2 autopar runs with ``outputs="loss"`` (DDP and FSDP2 return each rank's own logits; the
+default ``"all"`` would gather the whole batch's). A step is forward, backward and AdamW. Per engine: step time (median, ms) and autopar's ratio to the
 other engine; collectives and bytes per step (counted by wrapping torch.distributed's collectives);
 for autopar, the plan's predicted communication time against the measured one (a separate step in
 which every collective is timed to its completion), with the preset's alpha/beta and with
@@ -158,7 +159,8 @@ def _autopar(model, inputs, cluster, allowed=None, **options):
 
     if allowed is None:
         return autopar.autoparallelize(model, cluster, inputs, **options)
-    plan = hand_plan(trace(model, inputs), cluster, PlanOptions.of(**options), allowed)
+    opts = PlanOptions.of(**options)
+    plan = hand_plan(trace(model, inputs, outputs=opts.outputs), cluster, opts, allowed)
     return autopar.autoparallelize(model, cluster, inputs, plan=plan)
 
 
@@ -203,8 +205,11 @@ def run_pair(rank: int, world: int, kind: str, steps: int) -> dict:
     cluster = autopar.ClusterInfo.preset(f"cpu:{world}")
     profiled = cluster.profile()
     allowed = {"dp": _replicated_params, "fsdp": _split_params, "tp": None}[kind]
-    ours = _autopar(copy.deepcopy(model), inputs, cluster, allowed)
-    ours_profiled = _autopar(copy.deepcopy(model), inputs, profiled, allowed)
+    # GPT-2: only the loss, as DDP and FSDP2 return (their logits stay each rank's own; autopar's default
+    # "all" would gather the whole batch's logits, a collective the others never make)
+    outputs = "all" if kind == "tp" else "loss"
+    ours = _autopar(copy.deepcopy(model), inputs, cluster, allowed, outputs=outputs)
+    ours_profiled = _autopar(copy.deepcopy(model), inputs, profiled, allowed, outputs=outputs)
     theirs = _baseline(kind, copy.deepcopy(model), world)
     their_inputs = _local_inputs(kind, inputs, rank, world)
     engines = {"autopar": (ours, inputs), "torch": (theirs, their_inputs)}

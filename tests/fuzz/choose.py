@@ -179,8 +179,11 @@ def masks(b):
         i = b.pick()
         return i is not None and b.add("where_zeros", [i], how=b.rng.choice(["zeros_like", "scalar"]), ties=True)
     m = b.pick(lambda v: v.kind == "b")
-    if m is None:
-        return False
+    if m is None:  # no mask yet: make one of a value, to apply (else where and masked_fill were rare)
+        i = b.pick()
+        if i is None or not b.add("mask", [i], how=b.rng.choice(["gt", "lt_mean"])):
+            return False
+        m = len(b.vals) - 1
     shape = b.vals[m].shape
     i = b.pick(lambda v: v.kind == "f" and v.shape == shape)
     if i is None:

@@ -15,20 +15,20 @@ import pytest
 from tests.fuzz.check import plan_checks
 from tests.fuzz.graphs import build, describe, random_graph
 
-CI_SEEDS = range(0, 64)
+CI_SEEDS = (*range(0, 64), 74)  # 74: the first seed past 63 with a tied linear (an embedding's weight read again)
 
 # Seeds whose graphs found a bug, and what it was (each fixed at its root; they run with the fixed set).
 REGRESSIONS = {
-    13: "a Conv1d only dead code read lost its parameters from full_state_dict()",
+    13: "a Conv1d only dead code read lost its parameters from full_state_dict() (the graph has changed since "
+        "where/masked_fill make their own mask; tests/tracer/test_tracer.py keeps the case)",
     22: "parameters no use of which reached the loss got a zero gradient (their chunk's), not None",
     34: "a buffer (an index) only dead code read was lost from full_state_dict()",
     7: "checkpoint=('blocks.1',): the smallest budget stated (stage 1's) did not fit with the region",
     15: "checkpoint='none': the smallest budget stated (stage 1's) did not fit once every saved copy was counted",
     29: "checkpoint='none': as 15",
     49: "checkpoint=('blocks.1',): as 7",
-    53: "checkpoint='none': as 15",
 }
-PLANNING_REGRESSIONS = (7, 15, 29, 49, 53)
+PLANNING_REGRESSIONS = (7, 15, 29, 49)
 
 
 def test_a_seed_gives_the_same_graph_and_the_same_module():
