@@ -20,10 +20,13 @@ with activation checkpointing or ``no_sync``.
 """
 from __future__ import annotations
 
+import weakref
 from functools import partial
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from autopar.errors import AutoparError
 from autopar.runtime.gemini.manager import ChunkManager
 from autopar.runtime.gemini.memory import CudaDevice, DeviceMemoryError, MemStats, TrackedDevice
 from autopar.runtime.gemini.optim import ChunkOptimizer, optimizer
@@ -48,8 +51,32 @@ class ChunkFetch(torch.nn.Module):
         self._sync.gemini.forward_use(names)
 
 
+# Parameters whose gradients live in Gemini's chunks (``.grad`` is never written): id -> parameter.
+_CHUNKED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_guard = None
+
+
+def _refuse_plain_optimizers(optimizer, _args, _kwargs) -> None:
+    """A global optimizer step pre-hook: a torch optimizer over chunked parameters would see no ``.grad``
+    and silently step nothing; refuse it, saying what to use (ChunkOptimizer's own is marked)."""
+    if getattr(optimizer, "_autopar_chunks", False):
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if _CHUNKED.get(id(p)) is p:
+                raise AutoparError(f"{type(optimizer).__name__} steps parameters whose gradients live in Gemini's "
+                                   f"chunks (offload is on), so it would update nothing; build the optimizer with "
+                                   f"autopar.optimizer(module, {type(optimizer).__name__}, ...)")
+
+
 def attach(module, grad_sync, offload, cap: float | None, device: torch.device) -> ChunkManager:
     """Give ``module`` (a ParallelModule whose chunks are built) its chunk manager and forward hooks."""
+    global _guard
+    for chunk in grad_sync.chunks:
+        for slot in chunk.slots:
+            _CHUNKED[id(slot.param)] = slot.param
+    if _guard is None:
+        _guard = register_optimizer_step_pre_hook(_refuse_plain_optimizers)
     if device.type == "cuda":
         if cap is None:
             cap = torch.cuda.get_device_properties(device).total_memory

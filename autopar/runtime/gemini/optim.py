@@ -50,6 +50,7 @@ class ChunkOptimizer:
         self.manager = manager
         params = [slot.param for chunk in manager.chunks for slot in chunk.slots]
         self.inner = optimizer_cls(params, **kwargs)
+        self.inner._autopar_chunks = True  # steps the chunks (gemini._refuse_plain_optimizers lets it)
         self.param_groups = self.inner.param_groups
         self.state = self.inner.state
         self._fused = bool(kwargs.get("fused"))

@@ -151,6 +151,9 @@ def check_one_rank(rank: int, world_size: int) -> dict:
 
     with pytest.raises(AutoparError, match="must be torch.optim.Adam or torch.optim.AdamW"):
         autopar.optimizer(roomy, torch.optim.SGD, lr=0.1)
+    plain = torch.optim.AdamW(roomy.parameters(), lr=1e-3)  # would see no .grad and step nothing: refused
+    with pytest.raises(AutoparError, match=r"update nothing; build the optimizer with autopar.optimizer"):
+        plain.step()
     with pytest.raises(AutoparError, match="offload='auto' needs a device memory cap: pass memory_budget"):
         offloaded(model, inputs, cluster, "auto", None)
 
