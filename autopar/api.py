@@ -5,6 +5,7 @@ import torch
 import torch.distributed as dist
 
 from autopar.cluster import ClusterInfo
+from autopar.errors import AutoparError
 from autopar.options import DTYPES, PlanOptions
 from autopar.solver.full_plan import Plan, load_plan  # noqa: F401  (autopar.load_plan)
 from autopar.solver.planner import plan_graph, stage
@@ -62,14 +63,27 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
     source = source_for(model, gm, opts.init, opts.seed)  # where each local shard comes from
     module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster_info), source,
                       bucket_bytes=opts.bucket_bytes, local_outputs=opts.outputs == "local", seed=opts.seed,
-                      reduce_dtype=getattr(torch, DTYPES[opts.reduce_dtype]))
+                      reduce_dtype=getattr(torch, DTYPES[opts.reduce_dtype]), offload=opts.offload,
+                      device_cap=opts.memory_budget)
     module.persistent_names = persistent_names(model)  # what a checkpoint holds (checkpoint_io)
     if kernels_enabled(mesh.device, opts.kernels):
         module.kernel_substitutions = tuple(swap_kernels(module, force=True))
     if chosen.checkpoint is not None:
+        if opts.offload != "none":
+            raise AutoparError("offload does not compose with activation checkpointing yet: pass checkpoint='none' "
+                               "(with offload the planner never needs recomputation to fit) or offload='none'")
         wrap_regions(module, chosen.checkpoint.regions)
     module.attach_plan(chosen)
     return module
+
+
+def optimizer(module, optimizer_cls=torch.optim.AdamW, **kwargs):
+    """The optimizer to step ``module`` (a ParallelModule) with, in every mode: ``optimizer_cls`` over
+    ``module.parameters()`` without offload; with offload a ``gemini.ChunkOptimizer`` (Adam/AdamW over
+    the chunks, stepped on the host where their state lives there)."""
+    from autopar.runtime.gemini import optimizer as chunk_optimizer
+
+    return chunk_optimizer(module, optimizer_cls, **kwargs)
 
 
 def _broadcast_plan(make_plan):

@@ -43,6 +43,14 @@ class PlanOptions:
       the seed of the default initialisation of tensors on ``meta`` (the same values on any mesh).
     - ``bucket_bytes``: size of the chunks replicated parameters' gradients are reduced in (as DDP's
       ``bucket_cap_mb``); the cost model prices one collective per chunk.
+    - ``offload``: Gemini (runtime/gemini): parameters, gradients and optimizer state in chunks that move
+      between device and host. "none" (default): everything stays on the device; "auto": before each op,
+      make room for its non-model peak (measured in a warm-up iteration) plus the chunks it needs within
+      ``memory_budget`` (the device's memory if None), evicting the chunk used furthest in the future;
+      ``{"params": f, "optimizer": g}``: fractions (0 to 1) of the parameter chunks and of the optimizer
+      state kept on the host. Step with ``autopar.optimizer(module, torch.optim.AdamW, ...)``.
+      The planner does not price offload yet: with offload on it plans as if the device had its whole
+      memory (``budget``), and Gemini meets ``memory_budget`` at run time.
     - ``init``: where each rank's local shards come from (``autoparallelize`` only; the plan does not
       depend on it). None (default): the model's real weights, and for tensors on ``meta`` the model's
       own initialisers, seeded by ``seed`` and the tensor's name (the same on any mesh); a function
@@ -63,6 +71,7 @@ class PlanOptions:
     mixed_precision: str | None = None
     reduce_dtype: str = "fp32"
     init: object = None  # None, a callable, or a checkpoint path (str)
+    offload: str | dict = "none"  # "none", "auto" or {"params": f, "optimizer": g}
 
     def __post_init__(self) -> None:
         if isinstance(self.checkpoint, list):
@@ -103,6 +112,7 @@ class PlanOptions:
                                f"checkpoint, got {self.init!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise AutoparError(f"seed must be an integer >= 0, got {self.seed!r}")
+        _check_offload(self.offload)
 
     @classmethod
     def of(cls, options: PlanOptions | None = None, **kwargs) -> PlanOptions:
@@ -123,7 +133,10 @@ class PlanOptions:
         return getattr(torch, DTYPES[self.mixed_precision]) if self.mixed_precision else None
 
     def budget(self, cluster) -> float:
-        """Bytes per device the plan must fit."""
+        """Bytes per device the plan must fit. With offload, the device's whole memory: the ILP does not
+        price offloading yet (Gemini meets ``memory_budget`` at run time, see ``offload``)."""
+        if self.offload != "none":
+            return float(cluster.memory_per_device)
         return float(cluster.memory_per_device if self.memory_budget is None else self.memory_budget)
 
     def portable(self) -> PlanOptions:
@@ -154,6 +167,17 @@ class PlanOptions:
         if data.get("memory_budget") == "inf":
             data["memory_budget"] = math.inf
         return cls(**data)
+
+
+def _check_offload(offload) -> None:
+    if offload in ("none", "auto"):
+        return
+    fractions_ok = isinstance(offload, dict) and offload and set(offload) <= {"params", "optimizer"} and all(
+        not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v <= 1 for v in offload.values())
+    if not fractions_ok:
+        raise AutoparError(f"offload must be 'none', 'auto' or a dict {{'params': f, 'optimizer': g}} of fractions "
+                           f"between 0 and 1 (the share of parameter chunks and of optimizer state kept on the "
+                           f"host), got {offload!r}")
 
 
 def describe_init(init) -> str | None:

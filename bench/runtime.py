@@ -14,11 +14,12 @@ two warm-up steps of each; one thread per rank):
             column-then-row) against torch's ``parallelize_module`` with ColwiseParallel/RowwiseParallel.
 
 For GPT-2 autopar runs with ``outputs="loss"`` (DDP and FSDP2 return each rank's own logits; the
-default ``"all"`` would gather the whole batch's). A step is forward, backward and AdamW. Per engine: step time (median, ms) and autopar's ratio to the
-other engine; collectives and bytes per step (counted by wrapping torch.distributed's collectives);
-for autopar, the plan's predicted communication time against the measured one (a separate step in
-which every collective is timed to its completion), with the preset's alpha/beta and with
-``ClusterInfo.profile()``'s; peak RSS per rank. Prints a table and writes JSON.
+default ``"all"`` would gather the whole batch's). A step is forward, backward and AdamW. Per
+engine: step time (median, ms) and autopar's ratio to the other engine; collectives and bytes per
+step (counted by wrapping torch.distributed's collectives); for autopar, the plan's predicted
+communication time against the measured one (a separate step in which every collective is timed to
+its completion), with the preset's alpha/beta and with ``ClusterInfo.profile()``'s; peak RSS per
+rank. Prints a table and writes JSON.
 """
 from __future__ import annotations
 

@@ -22,6 +22,11 @@ Parameters replicated on some mesh axes are read through ``self.sync_<name>`` (`
 their per-rank gradient contributions are summed over those axes in chunks (``grad_sync.GradSync``:
 bucketed, asynchronous, overlapped with the rest of backward) and written to ``.grad`` when backward
 ends.
+
+With offload (Gemini, ``runtime/gemini``) every trainable parameter is read through its chunk, one
+``sync_<name>`` read per use placed right before the op that uses it, after one
+``self.gemini_fetch(names)`` that brings the op's chunks to the device: a chunk may leave the device
+between two ops, so no read of a parameter outlives the op it feeds.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ import torch
 import torch.fx as fx
 
 from autopar.errors import AutoparError, NodeError
+from autopar.runtime.gemini import ChunkFetch
+from autopar.runtime.gemini import attach as attach_gemini
 from autopar.runtime.grad_sync import DEFAULT_BUCKET_BYTES, GradSync, ParamUse
 from autopar.runtime.localize import ShardedCrossEntropy, local_args, mean_scale, vocab_parallel_module
 from autopar.runtime.materialise import TracedWeights
@@ -102,7 +109,8 @@ def _fetch(module: torch.nn.Module, target: str):
 
 
 def generate(gm: fx.GraphModule, plan, mesh, sc, source=None, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-             local_outputs: bool = False, seed: int = 0, reduce_dtype=torch.float32) -> ParallelModule:
+             local_outputs: bool = False, seed: int = 0, reduce_dtype=torch.float32, offload="none",
+             device_cap: float | None = None) -> ParallelModule:
     """The per-rank module for ``gm`` under ``plan`` (a ShardingPlan of the same traced graph).
 
     ``source.local(name, layout, piece, slices, device)`` gives each local shard (materialise.py;
@@ -110,11 +118,14 @@ def generate(gm: fx.GraphModule, plan, mesh, sc, source=None, *, bucket_bytes: i
     through ``sync_<name>`` (``grad_sync.ParamUse``) and their gradients reduced in chunks of
     ``bucket_bytes`` (``grad_sync.GradSync``). ``local_outputs``: every output with dims leaves as this
     rank's shard (a ``ShardedOutput``), not gathered. ``seed``: every random op draws from its own seed
-    (``rng.SeededRandom``), derived from this one.
+    (``rng.SeededRandom``), derived from this one. ``offload`` ("auto" or {"params": f, "optimizer": g}):
+    Gemini places the chunks (``runtime/gemini``) within ``device_cap`` bytes.
     """
     emitter = _Emitter(gm, plan, mesh, sc, GradSync(mesh, bucket_bytes, reduce_dtype),
                        source if source is not None else TracedWeights(gm))
-    emitter.seed = seed
+    emitter.seed, emitter.gemini = seed, offload != "none"
+    if emitter.gemini:
+        emitter.root["gemini_fetch"] = ChunkFetch(emitter.grad_sync)
     if local_outputs:
         emitter.root["local_out"] = LocalOutput(sc, mesh)
     for node in gm.graph.nodes:
@@ -125,6 +136,9 @@ def generate(gm: fx.GraphModule, plan, mesh, sc, source=None, *, bucket_bytes: i
     emitter.grad_sync.build([(name, module.get_parameter(name), axes, uses)
                              for name, (axes, uses) in emitter.synced.items()])
     module.register_forward_pre_hook(emitter.rng_step)
+    if emitter.gemini:
+        emitter.check_chunked_reads()
+        attach_gemini(module, emitter.grad_sync, offload, device_cap, mesh.device)
     return module
 
 
@@ -134,7 +148,7 @@ class _Emitter:
     def __init__(self, gm: fx.GraphModule, plan, mesh, sc, grad_sync: GradSync, source) -> None:
         self.gm, self.mesh, self.grad_sync, self.source = gm, mesh, grad_sync, source
         self.synced: dict[str, tuple[tuple[int, ...], int]] = {}  # execution order: name -> (axes, uses)
-        self.rng_step, self.seed = StepCounter(), 0
+        self.rng_step, self.seed, self.gemini = StepCounter(), 0, False
         self._uniform: dict[int, dict[fx.Node, bool]] = {}  # mesh axis -> node -> its gradient is uniform
         self.position = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.strategy_of = plan.strategy_lookup()
@@ -216,8 +230,9 @@ class _Emitter:
                             hint="plan with autopar.plan on the same traced graph before generating code")
         if node.op == "placeholder":
             self.env[node] = self.placeholder(node)
-        elif node.op == "get_attr":
-            self.env[node] = self.synced_use(self.local_attr(node))
+        elif node.op == "get_attr":  # under Gemini each use reads it through its chunk, in op()
+            attr = self.local_attr(node)
+            self.env[node] = attr if self.gemini else self.synced_use(attr)
         elif node.op == "output":
             self.graph.output(fx.node.map_arg(node.args[0], self.finish))
         elif node.meta.get("op") == "getitem" and is_multi(node.args[0].meta.get("tensor")):
@@ -249,7 +264,9 @@ class _Emitter:
         layout = ParamLayout(spec, tuple(full.shape), tuple(node.meta.get("param_aliases", (name,))), is_param)
         piece = node.meta.get("param_piece")  # a column block of a fused projection's weight (tracer/fused.py)
         slices = spec.local_slices(layout.shape, self.mesh_shape, self.mesh.coord)
-        local = self.source.local(name, layout, piece, slices, self.mesh.device)
+        # under Gemini a trainable parameter starts on the host: its chunk comes to the device when used
+        device = "cpu" if self.gemini and is_param and full.requires_grad else self.mesh.device
+        local = self.source.local(name, layout, piece, slices, device)
         self.root[name] = torch.nn.Parameter(local, requires_grad=full.requires_grad) if is_param else local
         self.params[name] = layout
         if piece is not None:
@@ -265,7 +282,7 @@ class _Emitter:
         layout = self.params[name]
         value = self.root[name]
         axes = tuple(a for a, n in enumerate(self.mesh_shape) if n > 1 and a not in layout.spec.used_axes())
-        if not (layout.is_param and value.requires_grad and axes):
+        if not (layout.is_param and value.requires_grad and (axes or self.gemini)):
             return attr
         before = self.synced.get(name, (axes, 0))
         self.synced[name] = (axes, before[1] + 1)
@@ -297,8 +314,44 @@ class _Emitter:
         """The specs batch_norm's running statistics are stored in."""
         return tuple(self.out_spec(n) if isinstance(n, fx.Node) else None for n in node.args[1:3])
 
+    def chunked(self, node: fx.Node) -> bool:
+        """Whether a traced node is a trainable parameter that Gemini keeps in a chunk."""
+        if node.op != "get_attr":
+            return False
+        name = self.env[node].target
+        return self.params[name].is_param and self.root[name].requires_grad
+
+    def fetch_chunks(self, node: fx.Node) -> list[fx.Node]:
+        """Gemini: ``gemini_fetch`` of the op's parameters, then a fresh chunk read of each (returned, so
+        ``op`` can put the plain ``get_attr`` back once the op's arguments are made)."""
+        reads = [n for n in node.all_input_nodes if self.chunked(n)]
+        if reads:
+            self.graph.call_module("gemini_fetch", (tuple(self.env[n].target for n in reads),))
+            for n in reads:
+                self.env[n] = self.synced_use(self.env[n])
+        return reads
+
+    def check_chunked_reads(self) -> None:
+        """Every read of a chunked parameter goes through its chunk (else autograd would write ``.grad``
+        of a buffer that moves)."""
+        for new in self.graph.nodes:
+            if new.op == "get_attr" and new.target in self.grad_sync.slots:
+                bad = [u for u in new.users if not (u.op == "call_module" and str(u.target).startswith("sync_"))]
+                if bad:
+                    raise AutoparError(
+                        f"offload: parameter {new.target!r} is read by %{bad[0].name} without going through its "
+                        f"chunk; offload does not support this op yet: pass offload='none'")
+
     def op(self, node: fx.Node, strategy) -> fx.Node:
         """An op on local shards: inputs resharded to the strategy's specs, shape arguments made local."""
+        reads = self.fetch_chunks(node) if self.gemini else []
+        try:
+            return self._op(node, strategy)
+        finally:
+            for n in reads:  # back to the plain get_attr (the next op reads it anew)
+                self.env[n] = self.env[n].args[0]
+
+    def _op(self, node: fx.Node, strategy) -> fx.Node:
         specs = dict(zip(node.all_input_nodes, strategy.inputs))
         if node.meta.get("op") == "batch_norm":  # the stored running statistics, updated in place
             specs.update({n: None for n in node.args[1:3] if isinstance(n, fx.Node)})

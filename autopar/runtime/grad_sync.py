@@ -26,6 +26,13 @@ reached the loss keeps its ``.grad`` as it was (None at first), as on one device
 
 ``no_sync()``: contributions are summed into the chunks across backward passes and reduced only
 by the first backward outside the context, as DDP's ``no_sync`` (``.grad`` is written then).
+
+Under Gemini (``gemini``: a ``gemini.manager.ChunkManager``, offload on) the same chunks also hold every
+trainable parameter not replicated anywhere (a chunk with no axes: nothing to reduce), and move between
+device and host: each contribution first asks the manager for the gradient buffer (an event it may make
+room for), each chunk's reduction completes as soon as it is launched (so its buffer may leave the device
+at once), and ``.grad`` is never written (the gradients stay in their chunks: ``autopar.optimizer`` steps
+them and ``ParallelModule.full_grads`` reads them).
 """
 from __future__ import annotations
 
@@ -84,6 +91,7 @@ class GradSync:
         self._queued = False
         self._next = 0  # next chunk index to launch, in index order
         self.launches = 0  # reductions issued (for tests and the bench)
+        self.gemini = None  # gemini.manager.ChunkManager when offload is on
 
     # ---- layout ---------------------------------------------------------------------------
     def build(self, params: list[tuple[str, torch.nn.Parameter, tuple[int, ...], int]]) -> None:
@@ -127,6 +135,8 @@ class GradSync:
                 for s in c.slots:
                     s.arrived = 0
             self._next = 0
+        if self.gemini is not None:
+            self.gemini.grads_use(chunk)
         if not chunk.touched:
             self._open(chunk)
         view = chunk.view(chunk.grads, slot)
@@ -139,7 +149,9 @@ class GradSync:
 
     def _open(self, chunk: Chunk) -> None:
         """Start an accumulation window: a zeroed gradient buffer (keeping any ``.grad`` the user still holds)."""
-        if chunk.grads is None:
+        if self.gemini is not None:
+            pass  # the manager made the buffer, zeroed (it refuses to sum into one left from an earlier step)
+        elif chunk.grads is None:
             chunk.grads = torch.zeros(chunk.numel, dtype=chunk.params.dtype, device=chunk.params.device)
         else:
             for slot in chunk.slots:  # a .grad left from an earlier step still views this buffer: copy it out
@@ -158,11 +170,17 @@ class GradSync:
             self._next += 1
 
     def _launch(self, chunk: Chunk) -> None:
-        if chunk.touched and not chunk.launched:
+        if not chunk.touched or chunk.launched:
+            return
+        if self.gemini is not None:
+            self.gemini.grads_use(chunk)  # the collective reads the buffer on the device
+        if chunk.groups:
             chunk.wire = chunk.grads if chunk.grads.dtype == self.reduce_dtype else chunk.grads.to(self.reduce_dtype)
             chunk.handle = dist.all_reduce(chunk.wire, group=chunk.groups[0], async_op=True)
-            chunk.launched = True
             self.launches += 1
+        chunk.launched = True
+        if self.gemini is not None:
+            self._complete(chunk)
 
     def _finish(self) -> None:
         """End of backward: launch what is left (uses that produced no gradient), wait, write ``.grad``."""
@@ -173,27 +191,37 @@ class GradSync:
             self._launch(chunk)
         self._next = len(self.chunks)
         for chunk in self.chunks:
-            if not chunk.launched:
-                continue
+            if chunk.launched:
+                self._complete(chunk)
+        if self.gemini is not None:
+            self.gemini.end_backward()
+
+    def _complete(self, chunk: Chunk) -> None:
+        """Wait for the chunk's reduction, reduce over its other axes, hand the gradients over."""
+        if chunk.handle is not None:
             chunk.handle.wait()
             for group in chunk.groups[1:]:
                 dist.all_reduce(chunk.wire, group=group)
                 self.launches += 1
             if chunk.wire is not chunk.grads:
                 chunk.grads.copy_(chunk.wire)
-            chunk.wire = None
-            for slot in chunk.slots:
-                if not slot.received:  # no use reached the loss (on any rank: all run the same graph): no gradient
-                    continue
-                reduced = chunk.view(chunk.grads, slot)
-                g = slot.param.grad
-                if g is None:
-                    slot.param.grad = reduced
-                elif _views(g, chunk.grads):  # already this buffer (cannot happen after _open), keep it
-                    continue
-                else:
-                    g.add_(reduced)
-            chunk.touched, chunk.launched, chunk.handle = False, False, None
+        chunk.wire = chunk.handle = None
+        if self.gemini is not None:  # gradients stay in the chunk; it may leave the device now
+            chunk.touched, chunk.launched = False, False
+            self.gemini.reduced(chunk)
+            return
+        for slot in chunk.slots:
+            if not slot.received:  # no use reached the loss (on any rank: all run the same graph): no gradient
+                continue
+            reduced = chunk.view(chunk.grads, slot)
+            g = slot.param.grad
+            if g is None:
+                slot.param.grad = reduced
+            elif _views(g, chunk.grads):  # already this buffer (cannot happen after _open), keep it
+                continue
+            else:
+                g.add_(reduced)
+        chunk.touched, chunk.launched = False, False
 
     @contextlib.contextmanager
     def no_sync(self):

@@ -64,6 +64,7 @@ class ParallelModule(fx.GraphModule):
         self._mesh, self._sc, self._params = mesh, sc, params
         self._pieces = dict(pieces or {})
         self._grad_sync = grad_sync  # grad_sync.GradSync: the chunks of the replicated parameters
+        self.gemini = None  # gemini.ChunkManager when offload is on (the chunks then also move)
         self.plan = None  # the Plan this module runs (autopar.solver.full_plan)
         self.checkpoint_plan = None  # CheckpointPlan when regions recompute in backward
         self.kernel_substitutions = ()  # kernel_pass.Substitution records, when kernels ran
@@ -85,7 +86,24 @@ class ParallelModule(fx.GraphModule):
     def no_sync(self):
         """Gradient accumulation: inside, backward sums gradients locally; the next backward outside reduces
         them all at once (``.grad`` is written then), as DDP's ``no_sync``."""
+        if self.gemini is not None:
+            from autopar.errors import AutoparError
+
+            raise AutoparError("no_sync (gradient accumulation) is not supported with offload yet: "
+                               "pass offload='none', or step after every backward")
         return self._grad_sync.no_sync()
+
+    def local_grad(self, param: torch.Tensor) -> torch.Tensor | None:
+        """This rank's gradient of a stored parameter: its ``.grad``, or under offload its slot of its chunk's
+        gradient buffer (wherever the chunk is; None when it got none)."""
+        if self.gemini is None:
+            return param.grad
+        for chunk in self._grad_sync.chunks:
+            for slot in chunk.slots:
+                if slot.param is param:
+                    ok = chunk.grads is not None and slot.received
+                    return chunk.view(chunk.grads, slot) if ok else None
+        return param.grad
 
     def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0, eps: float = 1e-6) -> torch.Tensor:
         """Scale every gradient so the global norm is at most ``max_norm``; returns the global norm before.
@@ -104,11 +122,11 @@ class ParallelModule(fx.GraphModule):
         total = torch.zeros((), dtype=torch.float64, device=self._mesh.device)
         grads = []
         for name, layout in self._params.items():
-            grad = self._attr(name).grad if layout.is_param else None
+            grad = self.local_grad(self._attr(name)) if layout.is_param else None
             if grad is None:
                 continue
             grads.append(grad)
-            g = grad.detach().double()
+            g = grad.detach().to(total.device).double()
             if inf:
                 total = torch.maximum(total, g.abs().max())
             else:
@@ -144,8 +162,11 @@ class ParallelModule(fx.GraphModule):
                 local = pick(self._attr(name), layout.is_param)
                 full = None
                 if local is not None:
-                    full = self._sc.apply(local.detach(), layout.spec, ShardingSpec.replicate(len(layout.shape)),
-                                          layout.shape, self._mesh)
+                    full = self._sc.apply(local.detach().to(self._mesh.device), layout.spec,
+                                          ShardingSpec.replicate(len(layout.shape)), layout.shape, self._mesh)
+                    if self.gemini is not None and full.untyped_storage().data_ptr() == \
+                            local.untyped_storage().data_ptr():
+                        full = full.clone()  # not a view: it would keep a chunk buffer from leaving the device
                 for alias in layout.names:
                     out[alias] = full
         joined: dict[str, list] = {}
@@ -169,7 +190,7 @@ class ParallelModule(fx.GraphModule):
 
     def full_grads(self) -> dict[str, torch.Tensor | None]:
         """Every parameter's gradient gathered to its full shape (None where there is none)."""
-        grads = self._gathered(lambda t, is_param: t.grad if is_param else None)
+        grads = self._gathered(lambda t, is_param: self.local_grad(t) if is_param else None)
         return {k: v for k, v in grads.items() if self._is_param_name(k)}
 
     def _is_param_name(self, name: str) -> bool:
