@@ -232,6 +232,12 @@ class GradSync:
         finally:
             self.sync = before
 
+    def slot_grad(self, name: str) -> torch.Tensor | None:
+        """Parameter ``name``'s slot of its chunk's gradient buffer (None when it has no gradient this window)."""
+        slot = self.slots[name]
+        chunk = self._slot_chunk[id(slot)]
+        return chunk.view(chunk.grads, slot) if chunk.grads is not None and slot.received else None
+
     def sizes(self) -> list[int]:
         """Bytes of each chunk."""
         return [c.numel * c.params.element_size() for c in self.chunks]

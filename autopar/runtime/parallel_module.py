@@ -93,17 +93,12 @@ class ParallelModule(fx.GraphModule):
                                "pass offload='none', or step after every backward")
         return self._grad_sync.no_sync()
 
-    def local_grad(self, param: torch.Tensor) -> torch.Tensor | None:
-        """This rank's gradient of a stored parameter: its ``.grad``, or under offload its slot of its chunk's
-        gradient buffer (wherever the chunk is; None when it got none)."""
-        if self.gemini is None:
-            return param.grad
-        for chunk in self._grad_sync.chunks:
-            for slot in chunk.slots:
-                if slot.param is param:
-                    ok = chunk.grads is not None and slot.received
-                    return chunk.view(chunk.grads, slot) if ok else None
-        return param.grad
+    def local_grad(self, name: str) -> torch.Tensor | None:
+        """This rank's gradient of stored parameter ``name``: its ``.grad``, or under offload its slot of its
+        chunk's gradient buffer (wherever the chunk is; None when it got none)."""
+        if self.gemini is not None and name in self._grad_sync.slots:
+            return self._grad_sync.slot_grad(name)
+        return self._attr(name).grad
 
     def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0, eps: float = 1e-6) -> torch.Tensor:
         """Scale every gradient so the global norm is at most ``max_norm``; returns the global norm before.
@@ -122,7 +117,7 @@ class ParallelModule(fx.GraphModule):
         total = torch.zeros((), dtype=torch.float64, device=self._mesh.device)
         grads = []
         for name, layout in self._params.items():
-            grad = self.local_grad(self._attr(name)) if layout.is_param else None
+            grad = self.local_grad(name) if layout.is_param else None
             if grad is None:
                 continue
             grads.append(grad)
@@ -159,7 +154,7 @@ class ParallelModule(fx.GraphModule):
         out: dict[str, torch.Tensor | None] = {}
         with torch.no_grad():
             for name, layout in self._params.items():
-                local = pick(self._attr(name), layout.is_param)
+                local = pick(name, layout.is_param)
                 full = None
                 if local is not None:
                     full = self._sc.apply(local.detach().to(self._mesh.device), layout.spec,
@@ -186,11 +181,11 @@ class ParallelModule(fx.GraphModule):
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter and buffer gathered to its full shape, keyed by the original model's names."""
-        return self._gathered(lambda t, _is_param: t)  # type: ignore[return-value]
+        return self._gathered(lambda name, _is_param: self._attr(name))  # type: ignore[return-value]
 
     def full_grads(self) -> dict[str, torch.Tensor | None]:
         """Every parameter's gradient gathered to its full shape (None where there is none)."""
-        grads = self._gathered(lambda t, is_param: self.local_grad(t) if is_param else None)
+        grads = self._gathered(lambda name, is_param: self.local_grad(name) if is_param else None)
         return {k: v for k, v in grads.items() if self._is_param_name(k)}
 
     def _is_param_name(self, name: str) -> bool:
