@@ -20,8 +20,9 @@ dim, start, stop)``: the per-rank module stores them apart and ``full_state_dict
 join them back under the original name.
 
 Only the unambiguous form is rewritten: the weight and bias are used once and not tied, the
-matmul and the optional view between it and the split have no other user, and the split is on
-the output-feature dim.
+matmul and the optional view between it and the split have no other user, the split is on
+the output-feature dim, and every piece is read (a fused q/k/v always is; a block nothing reads
+would leave its weight piece without a gradient where the single-device weight has one).
 """
 from __future__ import annotations
 
@@ -100,6 +101,9 @@ def _match(split: fx.Node):
     users = list(split.users)
     if not all(u.target is operator.getitem and isinstance(u.args[1], int) for u in users):
         return None
+    used = {u.args[1] % len(sizes) for u in users if u.users}
+    if len(used) != len(sizes):  # a piece nothing reads: cut, its weight piece would get no gradient, where the
+        return None  # whole weight gets one (zeros in that block) on one device
     return x, view, weight, bias, wdim
 
 

@@ -53,3 +53,24 @@ def test_linear_split_is_rewritten_only_when_the_whole_output_is_unused():
         if expected:  # nn.Linear stores (out, in): the pieces are row blocks
             assert [n.meta["param_piece"][1:] for n in pieces if "weight" in n.target] == [(0, 0, 4), (0, 4, 12)]
         torch.testing.assert_close(gm(x), model(x))
+
+
+class OnePieceRead(nn.Module):
+    """``linear`` then ``chunk``, only the first block read (fuzz seed 5161)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(6, 10)
+
+    def forward(self, x):
+        return self.proj(x).chunk(4, dim=-1)[0].square().mean()
+
+
+def test_a_split_with_a_block_nothing_reads_is_not_cut():
+    """Cut, the unread block's weight piece would get no gradient, where on one device the whole weight gets
+    one (zeros in that block): the weight would be missing from ``full_grads()`` and AdamW would skip it."""
+    x = torch.randn(2, 6, 6)
+    model = OnePieceRead()
+    gm = trace(model, (x,))
+    assert not [n for n in gm.graph.nodes if "param_piece" in n.meta]
+    torch.testing.assert_close(gm(x), model(x))
