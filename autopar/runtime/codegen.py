@@ -179,7 +179,7 @@ class _Emitter:
             return self.env[old]
         if (old, dst) not in self.resharded:
             readers = [u for u in old.users if self._wants(u, old) == dst]
-            uniform = [a for a in dst.partial_free_axes(src) if all(self.uniform(u, a) for u in readers)]
+            uniform = [a for a in dst.partial_free_axes(src) if all(self.reads_uniform(u, a) for u in readers)]
             self.resharded[(old, dst)] = self.reshard(self.env[old], src, dst, _global_shape(old), uniform)
         return self.resharded[(old, dst)]
 
@@ -203,6 +203,14 @@ class _Emitter:
                 known[n] = all(self._uniform_use(u, axis, known) for u in n.users)
             self._uniform[axis] = known
         return self._uniform[axis][node]
+
+    def reads_uniform(self, user: fx.Node, axis: int) -> bool:
+        """Whether the gradient ``user`` sends back to its inputs is the same on every rank of ``axis``: its
+        own strategy runs replicated on the axis and its output's gradient is uniform there. (That ``user``'s
+        output gradient is uniform is not enough: a strategy split on the axis, e.g. ``S0 = S0 x R``, sums
+        each rank's own rows into the replicated input's gradient; fuzz seed 1137.)"""
+        self.uniform(user, axis)  # fills the table
+        return self._uniform_use(user, axis, self._uniform[axis])
 
     def _uniform_use(self, user: fx.Node, axis: int, known: dict) -> bool:
         if user.op == "output":

@@ -23,6 +23,9 @@ REGRESSIONS = {
         "where/masked_fill make their own mask; tests/tracer/test_tracer.py keeps the case)",
     22: "parameters no use of which reached the loss got a zero gradient (their chunk's), not None",
     34: "a buffer (an index) only dead code read was lost from full_state_dict()",
+    1137: "a replicated value read by an op split on a mesh axis (mean's all-reduce feeding S0S1 = S0S1 x RS1) "
+          "skipped its gradient's all-reduce there, as if every rank's gradient were the same (also 5061, 5074, "
+          "5125, 5149)",
     7: "checkpoint=('blocks.1',): the smallest budget stated (stage 1's) did not fit with the region",
     15: "checkpoint='none': the smallest budget stated (stage 1's) did not fit once every saved copy was counted",
     29: "checkpoint='none': as 15",
