@@ -293,3 +293,22 @@ def test_operator_and_is_no_inplace_op():
     gm = trace(Masks(), (torch.randn(4, 3),))
     ops = {n.meta["op"]: n for n in gm.graph.nodes if n.op == "call_function"}
     assert {"and_", "or_"} <= set(ops) and not stateful(ops["and_"]) and not stateful(ops["or_"])
+
+
+def test_a_view_meta_strides_alone_refuse_traces_as_the_model_runs():
+    """batch_norm's meta kernel keeps a transposed input's strides where the CPU kernel returns a contiguous
+    result, so ``bn(x.t()).view(-1)`` runs on one device but failed on meta (fuzz seed 5038)."""
+    bn = nn.BatchNorm1d(5)
+
+    class ViewAfterNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = bn
+
+        def forward(self, x):
+            return self.bn(x.t()).view(25).square().mean()
+
+    x = torch.randn(5, 5)
+    gm = trace(ViewAfterNorm(), (x,))
+    assert [n.meta["val"].shape for n in gm.graph.nodes if n.meta.get("op") == "view"] == [(25,)]
+    torch.testing.assert_close(gm(x), ViewAfterNorm()(x))
