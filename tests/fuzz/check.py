@@ -6,6 +6,9 @@ budget; a budget of 1 byte is refused with an ``InfeasibleBudgetError`` whose sm
 plans, with a peak within it. ``run_graph`` (inside each rank): ``autoparallelize`` with the same
 options accepts that budget, and one forward, backward and AdamW step give the single-device loss,
 every gradient, every parameter and buffer (rtol 1e-4, atol 1e-5, as tests/test_autoparallelize.py).
+A float32 graph's value outside those tolerances still matches when it is within 4x the single-device
+float32 value's own distance from float64 (plus atol): a gradient that is 0 but for rounding (a bias a
+LayerNorm over that dim removes: seed 1116) is noise the order of summation sets, on one device as here.
 
 An ``Outcome`` says how a graph ended: ``equal``, ``mismatch``, ``crash`` (``clear``: an
 ``AutoparError`` the user could act on, not a broken promise about budgets) or ``hang``.
@@ -21,6 +24,7 @@ import torch
 from tests.fuzz.graphs import Graph, build
 
 RTOL, ATOL = 1e-4, 1e-5
+ROUNDING = 4  # a float32 value may be this many times as far from float64 as the single-device one is
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,17 @@ def _fits(plan_at, budget: float, what: str) -> None:
         raise BudgetBroken(f"{what}, {budget:.0f} bytes, gives a plan peaking at {plan.peak_memory:.0f}")
 
 
-def _close(got: torch.Tensor, want: torch.Tensor) -> str | None:
+def _close(got: torch.Tensor, want: torch.Tensor, exact: torch.Tensor | None = None) -> str | None:
+    """None if ``got`` matches the single-device ``want``, else why not. ``exact``: the same value computed in
+    float64 (float32 graphs), for a value rounding alone sets apart (module docstring)."""
     try:
         torch.testing.assert_close(got.to(want.dtype), want, rtol=RTOL, atol=ATOL)
     except AssertionError as err:
+        if exact is not None:
+            ours, theirs = ((t.double() - exact).abs().max().item() for t in (got, want))
+            if ours <= ROUNDING * theirs + ATOL:
+                return None
+            return f"{str(err).strip()} -- off {ours:.3g} from float64, one device off {theirs:.3g}".replace("\n", " ")
         return str(err).strip().replace("\n", " ")
     return None
 
@@ -131,6 +142,7 @@ def run_graph(graph: Graph, budget: float | None, time_limit: float) -> Outcome:
     # AdamW's first step moves p by lr * g / (|g| + eps): a gradient error d moves it by up to lr * d / eps.
     # eps = lr keeps that within d, so parameters are checked with the gradients' own tolerance; a small eps
     # turned rounding noise (1e-9) on gradients that are exactly 0 (a key bias before softmax) into a step.
+    exact = copy.deepcopy(ref).double() if graph.dtype == "float32" else None
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, eps=1e-3)
     opt = torch.optim.AdamW(pm.parameters(), lr=1e-3, eps=1e-3)
     ref_loss, loss = ref(*inputs), pm(*inputs)
@@ -140,6 +152,12 @@ def run_graph(graph: Graph, budget: float | None, time_limit: float) -> Outcome:
     ref_opt.step()
     opt.step()
     state = pm.full_state_dict()
+    want64: dict[str, torch.Tensor | None] = {}
+    if exact is not None:
+        exact(*(x.double() if x.is_floating_point() else x for x in inputs)).backward()
+        want64 = {f"grad {n}": p.grad for n, p in exact.named_parameters()}
+        torch.optim.AdamW(exact.parameters(), lr=1e-3, eps=1e-3).step()
+        want64.update({n: t.detach() for n, t in [*exact.named_parameters(), *exact.named_buffers()]})
     problems = []
     if (bad := _close(loss.detach(), ref_loss.detach())) is not None:
         problems.append(f"loss: {bad}")
@@ -150,12 +168,12 @@ def run_graph(graph: Graph, budget: float | None, time_limit: float) -> Outcome:
                 problems.append(f"grad {name}: {'none' if got is None else 'one'} where the reference has "
                                 f"{'one' if got is None else 'none'}")
             continue
-        if (bad := _close(got, p.grad)) is not None:
+        if (bad := _close(got, p.grad, want64.get(f"grad {name}"))) is not None:
             problems.append(f"grad {name}: {bad}")
     for name, t in [*ref.named_parameters(), *ref.named_buffers()]:
         if name not in state:
             problems.append(f"{name} missing from full_state_dict()")
-        elif (bad := _close(state[name], t.detach())) is not None:
+        elif (bad := _close(state[name], t.detach(), want64.get(name))) is not None:
             problems.append(f"{name} after one AdamW step: {bad}")
     if problems:
         return Outcome(graph.seed, "mismatch", "compare", "\n".join(problems))

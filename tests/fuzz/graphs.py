@@ -234,11 +234,24 @@ def _draw(seed: int, rng: random.Random, max_steps: int) -> Graph | None:
     blocks = (0, *sorted(rng.sample(range(1, len(b.steps)), n_blocks - 1)))
     budget = rng.random() if rng.random() < 0.5 else None
     checkpoint = rng.choices([None, "none", "auto", "blocks"], weights=[50, 20, 15, 15])[0]
-    if checkpoint == "blocks":
-        checkpoint = (f"blocks.{rng.randrange(n_blocks)}",)
+    if checkpoint == "blocks":  # a block some step of which reaches the loss (dead code is traced away)
+        live, ends = _live_steps(b.steps, n_inputs, loss), (*blocks[1:], len(b.steps))
+        has_live = [any(k in live for k in range(lo, hi)) for lo, hi in zip(blocks, ends)]
+        pick = rng.randrange(n_blocks)
+        checkpoint = (f"blocks.{pick if has_live[pick] else has_live.index(True)}",)
     return Graph(seed, tuple(b.vals[:n_inputs]), tuple(spec for spec, _ in b.modules.values()), tuple(b.steps),
                  blocks, tuple(dict.fromkeys(loss)), rng.choice(MESHES), budget, checkpoint,
                  rng.choice(["float64", "float64", "float64", "float32"]))
+
+
+def _live_steps(steps, n_inputs: int, loss) -> set[int]:
+    """The indices of the steps whose values the loss reads, directly or through later steps."""
+    live, wanted = set(), set(loss)
+    for k in range(len(steps) - 1, -1, -1):
+        if n_inputs + k in wanted:
+            live.add(k)
+            wanted.update(steps[k].args)
+    return live
 
 
 def _runs(graph: Graph) -> bool:
