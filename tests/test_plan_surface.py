@@ -189,6 +189,9 @@ def test_mesh_search_plans_every_mesh_and_returns_the_fastest(tmp_path):
         assert (trial.step_time, trial.peak_memory) == pytest.approx((fixed.step_time, fixed.peak_memory))
     assert found.cluster == cluster.with_mesh(found.mesh_shape) and found.options.mesh == "search"
     assert "mesh search: 2 of 2 meshes planned" in found.report() and "chosen" in found.report()
+    from autopar.report.html import render_html
+
+    assert "Mesh search (2 meshes)" in render_html(found.to_json())
     found.save(tmp_path / "plan.json")
     loaded = autopar.load_plan(tmp_path / "plan.json")
     assert loaded.to_json() == found.to_json() and loaded.meshes == found.meshes

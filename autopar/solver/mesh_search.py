@@ -70,9 +70,11 @@ def candidates(cluster: ClusterInfo, max_ndim: int = 3) -> tuple[list[tuple[int,
     return kept, {b: next(a for a in by if a in kept) for b, by in beaten.items() if by}
 
 
-def search(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=lambda line: None) -> Plan:
-    """The fastest plan that fits over the candidate meshes, its ``meshes`` listing each (module docstring)."""
-    shapes, dominated = candidates(cluster)
+def search(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=lambda line: None,
+           max_ndim: int = 3) -> Plan:
+    """The fastest plan that fits over the candidate meshes of up to ``max_ndim`` axes, its ``meshes`` listing each
+    (module docstring)."""
+    shapes, dominated = candidates(cluster, max_ndim)
     say(f"mesh search: {len(shapes)} meshes to plan ({', '.join(map(_label, shapes))}), {len(dominated)} dominated")
     plans: list[Plan] = []
     trials: dict[tuple, MeshTrial] = {}
@@ -105,7 +107,7 @@ def search(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=l
             raise InfeasibleBudgetError(infeasible[0].budget, least, detail="(on the best of the meshes searched)")
         raise errors[0]
     best = min(plans, key=lambda p: (p.step_time, p.peak_memory, len(p.mesh_shape)))
-    order = [s for s in cluster.topology.meshes() if s in trials]
+    order = [s for s in cluster.topology.meshes(max_ndim) if s in trials]
     return dataclasses.replace(best, meshes=tuple(trials[s] for s in order))
 
 
