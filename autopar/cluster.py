@@ -71,6 +71,17 @@ class Topology:
             return self.intra
         return (max(self.intra[0], self.inter[0]), max(self.intra[1], self.inter[1]))
 
+    def refit(self, mesh_shape: Sequence[int], alpha: Sequence[float], beta: Sequence[float]) -> Topology:
+        """This topology with the links measured on ``mesh_shape``'s axes: an axis inside a node gives ``intra``, one
+        whose groups have each device on another node gives ``inter`` (an axis that mixes the two gives neither)."""
+        links = {}
+        for a in range(len(mesh_shape)):
+            if self.inside_node(mesh_shape, a):
+                links["intra"] = (alpha[a], beta[a])
+            elif math.prod(mesh_shape[a + 1:]) % self.per_node == 0:
+                links["inter"] = (alpha[a], beta[a])
+        return replace(self, **links)
+
     def respects_nodes(self, mesh_shape: Sequence[int]) -> bool:
         """No axis cuts a node unevenly: each axis's span (with the axes after it) divides a node or is whole nodes."""
         spans = [math.prod(mesh_shape[a:]) for a in range(len(mesh_shape))]
@@ -204,10 +215,15 @@ class ClusterInfo:
 
     def profile(self, mesh=None, **kwargs) -> ClusterInfo:
         """This cluster with alpha and beta measured on the live process group, per mesh axis
-        (``autopar.runtime.profile_links``); collective: call it on every rank."""
+        (``autopar.runtime.profile_links``), and its topology's links refitted to them (``Topology.refit``), so
+        ``with_mesh`` and ``mesh="search"`` price other meshes by what was measured; collective: call it on
+        every rank."""
         from autopar.runtime.profile_links import profile_links
 
-        return profile_links(self, mesh, **kwargs)
+        measured = profile_links(self, mesh, **kwargs)
+        if self.topology is None:
+            return measured
+        return replace(measured, topology=self.topology.refit(self.mesh_shape, measured.alpha, measured.beta))
 
     # ---- mesh geometry ----------------------------------------------------------------
     @property

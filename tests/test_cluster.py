@@ -67,3 +67,11 @@ def test_meshes_respect_node_boundaries():
             span = math.prod(shape[a:])
             assert 6 % span == 0 or span % 6 == 0, shape
     assert len(ClusterInfo.preset("8x8xH100").topology.meshes()) == 16  # 64 = 2^6: 1 + 5 + 10 ordered shapes
+
+
+def test_measured_links_refit_the_topology():
+    topo = ClusterInfo.preset("8x8xH100").topology
+    fitted = topo.refit((8, 8), alpha=(3e-5, 2e-6), beta=(1e-10, 1e-12))
+    assert fitted.inter == (3e-5, 1e-10) and fitted.intra == (2e-6, 1e-12)
+    mixed = topo.refit((2, 32), alpha=(3e-5, 4e-5), beta=(1e-10, 2e-10))  # the 32 mixes both links: fits neither
+    assert mixed.inter == (3e-5, 1e-10) and mixed.intra == topo.intra
