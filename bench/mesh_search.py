@@ -53,18 +53,19 @@ def run_case(name: str, model: str, size: str, preset: str, time_limit: float, m
                 p = plan_graph(gm, cluster.with_mesh(shape), options)
                 row.update(step_time_s=p.step_time, peak_gib=p.peak_memory / 2**30, fixed_s=time.perf_counter() - t0)
                 print(f"  fixed {row['mesh']}: {p.step_time * 1e3:.3f} ms ({row['fixed_s']:.1f} s)", flush=True)
-    own = next(t for t in plan.meshes if t.mesh == cluster.mesh_shape)
-    single = trace_s + own.seconds
+    own = next((t for t in plan.meshes if t.mesh == cluster.mesh_shape), None)  # None: more axes than searched
+    single = trace_s + own.seconds if own is not None else None
     searched = trace_s + sum(t.seconds for t in plan.meshes)
     return dict(case=name, cluster=preset, max_ndim=max_ndim, trace_s=trace_s, single_s=single, search_s=searched,
-                ratio=searched / single, chosen="x".join(map(str, plan.mesh_shape)), step_time_s=plan.step_time,
-                own_mesh_step_time_s=own.step_time, meshes=rows)
+                ratio=searched / single if single else None, chosen="x".join(map(str, plan.mesh_shape)),
+                step_time_s=plan.step_time, own_mesh_step_time_s=own.step_time if own else None, meshes=rows)
 
 
 def _print(case: dict) -> None:
+    single = (f"single mesh {case['single_s']:.1f} s, search {case['search_s']:.1f} s ({case['ratio']:.1f}x)"
+              if case["single_s"] else f"search {case['search_s']:.1f} s (the cluster's own mesh was not searched)")
     print(f"{case['case']} on {case['cluster']} (meshes of up to {case['max_ndim']} axes): chosen {case['chosen']}, "
-          f"{case['step_time_s'] * 1e3:.3f} ms per step; trace {case['trace_s']:.1f} s, single mesh "
-          f"{case['single_s']:.1f} s, search {case['search_s']:.1f} s ({case['ratio']:.1f}x)")
+          f"{case['step_time_s'] * 1e3:.3f} ms per step; trace {case['trace_s']:.1f} s, {single}")
     print(f"  {'mesh':<9} {'step ms':>9} {'peak GiB':>9} {'plan s':>7}  note")
     for r in case["meshes"]:
         step = f"{r['step_time_s'] * 1e3:.3f}" if r["step_time_s"] is not None else "-"
