@@ -222,3 +222,24 @@ def test_bad_mesh_values_are_clear_errors():
     bare = dataclasses.replace(cluster, topology=None)
     with pytest.raises(AutoparError, match="mesh='search' needs to know the cluster's nodes"):
         autopar.plan(model, bare, inputs, mesh="search")
+
+
+def test_a_mesh_whose_fastest_plan_is_slower_than_the_best_skips_stage_2():
+    """A mesh whose fastest plan (no budget) does not fit is bounded below by it: no better than the best so far,
+    it is not planned further; otherwise it is planned as ``plan_graph`` would."""
+    from autopar.solver.mesh_search import _plan_mesh
+    from autopar.solver.planner import plan_graph
+
+    model, inputs = zoo.build("mlp", "tiny", device="meta")
+    gm = trace(model, inputs)
+    cluster = autopar.ClusterInfo.preset("2x2xH100").with_mesh((4,))
+    free = plan_graph(gm, cluster, PlanOptions(memory_budget=INF))
+    options = PlanOptions(memory_budget=0.95 * free.peak_memory, mesh="search")
+    plan, note = _plan_mesh(gm, cluster, options, lambda line: None, best=free.step_time)
+    assert plan is None and note.startswith("slower than the chosen: its fastest plan takes")
+    plan, note = _plan_mesh(gm, cluster, options, lambda line: None, best=INF)
+    fixed = plan_graph(gm, cluster, options)
+    assert (plan.step_time, plan.peak_memory) == pytest.approx((fixed.step_time, fixed.peak_memory)) and not note
+    assert plan.step_time >= free.step_time and plan.peak_memory <= options.memory_budget
+    fits, _ = _plan_mesh(gm, cluster, PlanOptions(memory_budget=INF), lambda line: None, best=0.0)
+    assert fits.step_time == pytest.approx(free.step_time)  # its fastest plan fits: that is the plan, bound or not

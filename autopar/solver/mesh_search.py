@@ -13,10 +13,14 @@ whose cluster is the chosen mesh, with every mesh weighed in ``Plan.meshes``. Th
   ``32x2``, whose 2 stays in a node). Axis order within a tensor dim follows mesh order, so the
   dominance is exact up to that order; the report names each dropped mesh with its dominator.
 
-Candidates are planned one after the other with ``plan_graph`` (each writes its strategies into
-``node.meta`` and is finished, as frozen data, before the next), fewest axes first. The chosen one is
-the fastest (then the least peak, then the fewest axes) among those that fit; when none fits, the
-error states the smallest budget over the meshes (planning again at it fits that mesh).
+Candidates are planned one after the other (each writes its strategies into ``node.meta`` and is
+finished, as frozen data, before the next), the cluster's own mesh first, then fewest axes first.
+Each starts with its fastest plan (no budget): when that fits, it is the mesh's plan (as fast as
+``plan_graph``'s); when it does not, its step time is a lower bound for the mesh, and a mesh whose
+bound is no better than the best plan so far is not taken through stage 2 (the memory-bound case,
+where stage 2 costs most). The chosen one is the fastest (then the least peak, then the fewest
+axes) among those that fit; when none fits, the error states the smallest budget over the meshes
+(planning again at it fits that mesh).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from autopar.cluster import ClusterInfo
 from autopar.errors import AutoparError, InfeasibleBudgetError
 from autopar.options import PlanOptions
 from autopar.solver.full_plan import MeshTrial, Plan
-from autopar.solver.planner import plan_graph
+from autopar.solver.planner import Planner, fastest_if_it_fits, plan_graph, plan_of
 
 
 def cluster_for(cluster: ClusterInfo, mesh, plan: Plan | None = None) -> ClusterInfo:
@@ -79,11 +83,12 @@ def search(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=l
     plans: list[Plan] = []
     trials: dict[tuple, MeshTrial] = {}
     errors: list[Exception] = []
-    for shape in shapes:
+    for shape in sorted(shapes, key=lambda s: s != cluster.mesh_shape):  # the cluster's own first: a good incumbent
         say(f"mesh {_label(shape)} ...")
         t0 = time.perf_counter()
+        best = min((p.step_time for p in plans), default=math.inf)
         try:
-            plan = plan_graph(gm, cluster.with_mesh(shape), options, say)
+            plan, note = _plan_mesh(gm, cluster.with_mesh(shape), options, say, best)
         except InfeasibleBudgetError as err:
             errors.append(err)
             trials[shape] = MeshTrial(shape, None, None, time.perf_counter() - t0,
@@ -92,8 +97,10 @@ def search(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=l
             errors.append(err)
             trials[shape] = MeshTrial(shape, None, None, time.perf_counter() - t0, f"no plan: {err}")
         else:
-            plans.append(plan)
-            trials[shape] = MeshTrial(shape, plan.step_time, plan.peak_memory, time.perf_counter() - t0)
+            if plan is not None:
+                plans.append(plan)
+            trials[shape] = MeshTrial(shape, plan.step_time if plan else None, plan.peak_memory if plan else None,
+                                      time.perf_counter() - t0, note)
         t = trials[shape]
         say(f"mesh {_label(shape)}: " + (f"{t.step_time * 1e3:.3f} ms per step, peak {_gib(t.peak_memory)}"
                                          if t.step_time is not None else t.note) + f" ({t.seconds:.2f} s)")
@@ -109,6 +116,24 @@ def search(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=l
     best = min(plans, key=lambda p: (p.step_time, p.peak_memory, len(p.mesh_shape)))
     order = [s for s in cluster.topology.meshes(max_ndim) if s in trials]
     return dataclasses.replace(best, meshes=tuple(trials[s] for s in order))
+
+
+def _plan_mesh(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say, best: float
+               ) -> tuple[Plan | None, str]:
+    """(the Plan on this mesh, or None when it cannot beat ``best`` seconds per step; a note). Its fastest plan (no
+    budget) comes first: when it fits, it is the plan; when it does not, its step time bounds every plan of this
+    mesh from below (a budget only restricts, recomputation only adds), so a proven-optimal one at or above
+    ``best`` ends this mesh without stage 2; otherwise stage 1 at the budget and stage 2 as ``plan_graph``."""
+    if isinstance(options.checkpoint, tuple):  # named modules are recomputed whatever fits
+        return plan_graph(gm, cluster, options, say), ""
+    planner = Planner(gm, cluster, options, say)
+    plan, fastest = fastest_if_it_fits(planner)
+    if plan is not None:
+        return plan, ""
+    if fastest.stats.sol_status == 1 and fastest.step_time >= best:
+        return None, (f"slower than the chosen: its fastest plan takes {fastest.step_time * 1e3:.3f} ms and "
+                      f"needs recomputation to fit")
+    return plan_of(planner), ""
 
 
 def _need_topology(cluster: ClusterInfo):
