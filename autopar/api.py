@@ -8,7 +8,8 @@ from autopar.cluster import ClusterInfo
 from autopar.errors import AutoparError
 from autopar.options import DTYPES, PlanOptions
 from autopar.solver.full_plan import Plan, load_plan  # noqa: F401  (autopar.load_plan)
-from autopar.solver.planner import plan_graph, stage
+from autopar.solver.mesh_search import cluster_for, plan_on_mesh
+from autopar.solver.planner import stage
 
 
 def plan(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *, progress=None,
@@ -18,16 +19,18 @@ def plan(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *, p
 
     Needs no process group and no GPU; model and inputs may live on ``meta``. ``options``: the
     fields of ``PlanOptions`` (``memory_budget`` bytes per device, ``optimizer``, ``checkpoint``,
-    ``time_limit``, ``kernels``), the same keywords ``autoparallelize`` takes. ``progress``: called
-    with a line as each stage starts and ends (the CLI prints them).
+    ``time_limit``, ``kernels``, ``mesh``), the same keywords ``autoparallelize`` takes. ``progress``: called
+    with a line as each stage starts and ends (the CLI prints them). With ``mesh="search"`` the graph is
+    traced once and planned on every candidate mesh; the Plan's cluster is the mesh chosen.
     """
     from autopar.tracer import trace
 
     opts = PlanOptions.of(**options)
     say = progress or (lambda line: None)
+    cluster_for(cluster_info, opts.mesh)  # a bad mesh fails before tracing
     with stage(say, "tracing"):
         gm = trace(model, example_inputs, outputs=opts.outputs, compute_dtype=opts.compute_dtype)
-    return plan_graph(gm, cluster_info, opts, say)
+    return plan_on_mesh(gm, cluster_info, opts, say)
 
 
 def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_inputs, *, plan: Plan | None = None,
@@ -43,6 +46,9 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
     The model may live on ``meta``: each rank then allocates only its own shards (``init`` and
     ``seed``, see ``PlanOptions``: the model's initialisers by default, a function, or a
     safetensors checkpoint read slice by slice).
+
+    ``mesh`` (see ``PlanOptions``): ``cluster_info`` describes the devices; the module runs on the mesh the
+    options give (for "search", the one the plan chose: ``plan.cluster``).
     """
     from autopar.runtime.checkpoint_regions import wrap_regions
     from autopar.runtime.codegen import generate
@@ -53,15 +59,19 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
     from autopar.tracer import trace
 
     opts = PlanOptions.of(plan.options if plan is not None else None, **options)
-    mesh = RuntimeMesh(cluster_info)
+    mesh = RuntimeMesh(cluster_for(cluster_info, opts.mesh, plan))  # before searching: the devices are cluster_info's
     gm = trace(model, example_inputs, outputs=opts.outputs, compute_dtype=opts.compute_dtype)
     if plan is not None:
-        plan.check_matches(gm, cluster_info, opts)
+        plan.check_matches(gm, mesh.cluster, opts)
         chosen = plan
     else:
-        chosen = _broadcast_plan(lambda: plan_graph(gm, cluster_info, opts.portable(), progress or (lambda line: None)))
+        chosen = _broadcast_plan(lambda: plan_on_mesh(gm, cluster_info, opts.portable(),
+                                                      progress or (lambda line: None)))
+    cluster = chosen.cluster  # the logical mesh planned: a search's choice, else mesh.cluster
+    if cluster.mesh_shape != mesh.mesh_shape:
+        mesh = RuntimeMesh(cluster)
     source = source_for(model, gm, opts.init, opts.seed)  # where each local shard comes from
-    module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster_info), source,
+    module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster), source,
                       bucket_bytes=opts.bucket_bytes, local_outputs=opts.outputs == "local", seed=opts.seed,
                       reduce_dtype=getattr(torch, DTYPES[opts.reduce_dtype]), offload=opts.offload,
                       device_cap=opts.memory_budget)

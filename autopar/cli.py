@@ -3,6 +3,7 @@
     autopar plan                                   # GPT-2 small (124M) on 8xH100, planned on meta
     autopar plan --model gpt2 --size 355m --cluster 2x8xH100 --memory 40 --checkpoint auto --json
     autopar plan --batch 32 --seq 1024 --memory 12 --save gpt2.plan.json --html gpt2.html
+    autopar plan --model llama --size 7b --cluster 8x8xH100 --mesh search   # the fastest logical mesh
     autopar report gpt2.plan.json [--html gpt2.html]
 """
 from __future__ import annotations
@@ -22,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="gpt2", help="zoo model: gpt2 (hf:gpt2), mlp, timm:resnet50, ... (default: gpt2)")
     p.add_argument("--size", default=None, help="model size, e.g. tiny, 124m (default: the published size)")
     p.add_argument("--cluster", default="8xH100", help="cluster preset: 8xH100, 2x8xH100, cpu:4, cpu:2x2, ...")
+    p.add_argument("--mesh", default=None, type=_mesh,
+                   help="logical mesh: search (plan every mesh of the cluster's devices, keep the fastest) or a "
+                        "shape such as 16x4 (default: the cluster's own)")
     p.add_argument("--memory", type=float, default=None, help="memory budget per device in GiB (default: device)")
     p.add_argument("--checkpoint", choices=("none", "auto"), default=None,
                    help="activation checkpointing: none (never) or auto (whenever it makes the step faster); "
@@ -39,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--html", metavar="FILE", help="write it as an HTML page instead of printing it")
     r.add_argument("--json", action="store_true", help="print it as JSON")
     return parser
+
+
+def _mesh(text: str):
+    if text == "search":
+        return text
+    try:
+        return tuple(int(n) for n in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'search' or a shape such as 16x4, got {text!r}") from None
 
 
 class Progress:
@@ -84,7 +97,7 @@ def _plan(args) -> int:
     inputs = zoo.resize_inputs(inputs, batch=args.batch, seq=args.seq)
     budget = args.memory * GiB if args.memory is not None else None
     plan = api.plan(model, cluster, inputs, memory_budget=budget, time_limit=args.time_limit,
-                    checkpoint=args.checkpoint, optimizer=args.optimizer, progress=Progress())
+                    checkpoint=args.checkpoint, optimizer=args.optimizer, mesh=args.mesh, progress=Progress())
     elapsed = time.perf_counter() - t0
     if args.save:
         plan.save(args.save)
@@ -96,9 +109,10 @@ def _plan(args) -> int:
         print(json.dumps(plan.to_json(), indent=1))
     else:
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"autopar plan: {args.model} ({n_params / 1e6:.1f}M parameters) on {cluster.describe()}")
+        print(f"autopar plan: {args.model} ({n_params / 1e6:.1f}M parameters) on {plan.cluster.describe()}")
         print(plan.report())
-        print(f"planned in {elapsed:.2f} s (trace + strategies + ILP + checkpointing)")
+        searched = f", {sum(1 for t in plan.meshes if t.seconds)} meshes" if plan.meshes else ""
+        print(f"planned in {elapsed:.2f} s (trace + strategies + ILP + checkpointing{searched})")
     return 0
 
 

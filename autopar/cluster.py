@@ -3,6 +3,13 @@
 All quantities are SI: bytes, seconds, FLOP/s, bytes/s. A collective on mesh axis ``a``
 costs ``alpha[a] + beta[a] * bytes_on_the_wire`` (ring factors are applied by the cost
 model). Ranks map to mesh coordinates in row-major order: on a (2, 4) mesh rank 5 is (1, 1).
+
+A cluster may also know its physical layout (``Topology``: nodes x devices per node, the link
+inside a node and the link across nodes). Then any logical mesh of its devices
+(``with_mesh``, ``Topology.meshes``) gets each axis's link from where its groups lie: rank r sits
+on node ``r // per_node``, so on mesh ``(n_0, ..., n_k)`` a group on axis ``a`` spans
+``span(a) = n_a x ... x n_k`` consecutive ranks' worth of strides, and lies inside one node iff
+``span(a)`` divides ``per_node``; otherwise it crosses nodes and pays the slower link.
 """
 from __future__ import annotations
 
@@ -27,6 +34,76 @@ _INTER = (2e-5, 1 / 45e9)
 _CPU = dict(memory=4 * GiB, peak=2e11, peak32=1e11, bw=2e10, link=(5e-5, 1 / 2e9))
 
 
+Link = tuple[float, float]  # (alpha s, beta s/byte)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The physical cluster: ``nodes`` nodes of ``per_node`` devices; ``intra`` the (alpha, beta) of the link
+    inside a node (NVLink), ``inter`` of the link across nodes. It fixes no logical mesh."""
+
+    nodes: int
+    per_node: int
+    intra: Link
+    inter: Link
+
+    def __post_init__(self) -> None:
+        for label, n in (("nodes", self.nodes), ("per_node", self.per_node)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"Topology.{label} must be a positive integer, got {n!r}")
+        for label, link in (("intra", self.intra), ("inter", self.inter)):
+            link = tuple(float(v) for v in link)
+            if len(link) != 2 or min(link) < 0 or not all(map(math.isfinite, link)):
+                raise ValueError(f"Topology.{label} must be (alpha seconds, beta seconds per byte) >= 0, got {link!r}")
+            object.__setattr__(self, label, link)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.per_node
+
+    def inside_node(self, mesh_shape: Sequence[int], axis: int) -> bool:
+        """Every group on ``axis`` lies in one node: the devices ``axis`` and the axes after it span divide a node."""
+        return self.per_node % math.prod(mesh_shape[axis:]) == 0
+
+    def link(self, mesh_shape: Sequence[int], axis: int) -> Link:
+        """NVLink for an axis inside a node; for one that crosses nodes, wholly or in part, the slower link."""
+        if self.inside_node(mesh_shape, axis):
+            return self.intra
+        return (max(self.intra[0], self.inter[0]), max(self.intra[1], self.inter[1]))
+
+    def refit(self, mesh_shape: Sequence[int], alpha: Sequence[float], beta: Sequence[float]) -> Topology:
+        """This topology with the links measured on ``mesh_shape``'s axes: an axis inside a node gives ``intra``, one
+        whose groups have each device on another node gives ``inter`` (an axis that mixes the two gives neither)."""
+        links = {}
+        for a in range(len(mesh_shape)):
+            if self.inside_node(mesh_shape, a):
+                links["intra"] = (alpha[a], beta[a])
+            elif math.prod(mesh_shape[a + 1:]) % self.per_node == 0:
+                links["inter"] = (alpha[a], beta[a])
+        return replace(self, **links)
+
+    def respects_nodes(self, mesh_shape: Sequence[int]) -> bool:
+        """No axis cuts a node unevenly: each axis's span (with the axes after it) divides a node or is whole nodes."""
+        spans = [math.prod(mesh_shape[a:]) for a in range(len(mesh_shape))]
+        return all(self.per_node % s == 0 or s % self.per_node == 0 for s in spans)
+
+    def meshes(self, max_ndim: int = 3) -> list[tuple[int, ...]]:
+        """Every logical mesh of these devices with 1 to ``max_ndim`` axes of size >= 2 that respects the nodes,
+        fewest axes first (a single device: ``[(1,)]``)."""
+        world = self.world_size
+        if world == 1:
+            return [(1,)]
+        found = [s for k in range(1, max_ndim + 1) for s in _factorisations(world, k) if self.respects_nodes(s)]
+        return found
+
+
+def _factorisations(n: int, k: int) -> list[tuple[int, ...]]:
+    """Ordered ``k``-tuples of integers >= 2 whose product is ``n``."""
+    if k == 1:
+        return [(n,)] if n >= 2 else []
+    return [(d, *rest) for d in range(2, n + 1) if n % d == 0 for rest in _factorisations(n // d, k - 1)]
+
+
 @dataclass(frozen=True)
 class ClusterInfo:
     mesh_shape: tuple[int, ...]
@@ -40,8 +117,11 @@ class ClusterInfo:
     name: str = "custom"
     efficiency: float = 0.6  # fraction of peak FLOP/s and bandwidth a kernel reaches
     axis_names: tuple[str, ...] = field(default=())
+    topology: Topology | None = None  # the physical layout, when known: what ``with_mesh`` prices axes by
 
     def __post_init__(self) -> None:
+        if isinstance(self.topology, dict):  # from JSON
+            object.__setattr__(self, "topology", Topology(**self.topology))
         shape = tuple(self.mesh_shape)
         object.__setattr__(self, "mesh_shape", shape)
         object.__setattr__(self, "alpha", tuple(float(a) for a in self.alpha))
@@ -65,6 +145,10 @@ class ClusterInfo:
             raise ValueError(f"device_type must be 'cuda' or 'cpu', got {self.device_type!r}")
         if not self.axis_names:
             object.__setattr__(self, "axis_names", tuple(f"axis{i}" for i in range(len(shape))))
+        if self.topology is not None and self.topology.world_size != math.prod(shape):
+            t = self.topology
+            raise ValueError(f"the topology has {t.nodes} x {t.per_node} = {t.world_size} devices but the mesh "
+                             f"{'x'.join(map(str, shape))} has {math.prod(shape)}")
 
     # ---- presets ----------------------------------------------------------------------
     @classmethod
@@ -72,7 +156,9 @@ class ClusterInfo:
         """``"8xH100"``, ``"2x8xH100"`` (inter-node x intra-node), ``"cpu:4"``, ``"cpu:2x2"``, ...
 
         GPU presets: ``[A x] N x {H100, H200, A100}``; the last mesh axis is inside a node
-        (NVLink), earlier axes cross nodes. CPU presets: ``cpu:N`` or ``cpu:AxB``: gloo on loopback.
+        (NVLink), earlier axes cross nodes: ``8x8xH100`` is 8 nodes of 8, ``8x8x8xH100`` 64 nodes of 8.
+        CPU presets: ``cpu:N`` or ``cpu:AxB``: gloo on loopback, one "node". Every preset knows its
+        ``topology``, so ``with_mesh`` and ``mesh="search"`` can arrange its devices as any mesh.
         """
         text = name.strip()
         cpu = re.fullmatch(r"cpu:(\d+(?:x\d+){0,2})", text)
@@ -80,21 +166,48 @@ class ClusterInfo:
             shape = tuple(int(n) for n in cpu.group(1).split("x"))
             a, b = _CPU["link"]
             return cls(shape, _CPU["memory"], _CPU["peak"], _CPU["peak32"], _CPU["bw"], (a,) * len(shape),
-                       (b,) * len(shape), device_type="cpu", name=text)
+                       (b,) * len(shape), device_type="cpu", name=text,
+                       topology=Topology(1, math.prod(shape), (a, b), (a, b)))
         gpu = re.fullmatch(r"(\d+(?:x\d+){0,2})x(H100|H200|A100)", text)
         if gpu:
             shape = tuple(int(n) for n in gpu.group(1).split("x"))
             mem, peak, peak32, bw = _DEVICES[gpu.group(2)]
             links = [_INTER] * (len(shape) - 1) + [_INTRA]
-            return cls(shape, mem, peak, peak32, bw, tuple(a for a, _ in links), tuple(b for _, b in links), name=text)
+            topology = Topology(math.prod(shape[:-1]), shape[-1], _INTRA, _INTER)
+            return cls(shape, mem, peak, peak32, bw, tuple(a for a, _ in links), tuple(b for _, b in links), name=text,
+                       topology=topology)
         raise ValueError(
             f"unknown cluster preset {name!r}; use e.g. '8xH100', '2x8xH100', 'cpu:4', 'cpu:2x2' "
             f"(GPUs: {', '.join(_DEVICES)}), or build ClusterInfo(...) directly"
         )
 
+    @classmethod
+    def physical(cls, nodes: int, per_node: int, device: str = "H100", *, intra: Link = _INTRA,
+                 inter: Link = _INTER, mesh_shape: Sequence[int] | None = None) -> ClusterInfo:
+        """``nodes`` nodes of ``per_node`` GPUs (``device``: H100, H200, A100), NVLink ``intra`` and network ``inter``
+        links as (alpha s, beta s/byte). The logical mesh defaults to (nodes, per_node) (one node: (per_node,)); plan
+        with ``mesh="search"`` to let autopar choose it, or ``mesh=(...)`` / ``with_mesh`` to fix another."""
+        if device not in _DEVICES:
+            raise ValueError(f"unknown device {device!r}; use one of {', '.join(_DEVICES)}")
+        topology = Topology(nodes, per_node, intra, inter)
+        mem, peak, peak32, bw = _DEVICES[device]
+        default = (nodes, per_node) if nodes > 1 else (per_node,)
+        name = f"{nodes}x{per_node}x{device}" if nodes > 1 else f"{per_node}x{device}"
+        base = cls(default, mem, peak, peak32, bw, (inter[0], intra[0])[-len(default):],
+                   (inter[1], intra[1])[-len(default):], name=name, topology=topology)
+        return base.with_mesh(mesh_shape) if mesh_shape is not None else base
+
     def with_mesh(self, mesh_shape: Sequence[int], **changes) -> ClusterInfo:
-        """The same devices arranged as another mesh (links: axes keep their own alpha/beta, new ones the last's)."""
+        """The same devices arranged as another mesh. With a ``topology``, each axis gets the link its groups
+        cross (``Topology.link``); without one, axes keep their own alpha/beta and new ones take the last's."""
         shape = tuple(mesh_shape)
+        if self.topology is not None:
+            if math.prod(shape) != self.world_size:
+                raise ValueError(f"a mesh {'x'.join(map(str, shape))} has {math.prod(shape)} devices, the cluster "
+                                 f"{self.name} has {self.world_size}")
+            links = [self.topology.link(shape, a) for a in range(len(shape))]
+            return replace(self, mesh_shape=shape, alpha=tuple(a for a, _ in links), beta=tuple(b for _, b in links),
+                           axis_names=(), **changes)
         pad = len(shape) - len(self.alpha)
         alpha = (self.alpha + (self.alpha[-1],) * pad)[-len(shape):] if pad > 0 else self.alpha[-len(shape):]
         beta = (self.beta + (self.beta[-1],) * pad)[-len(shape):] if pad > 0 else self.beta[-len(shape):]
@@ -102,10 +215,15 @@ class ClusterInfo:
 
     def profile(self, mesh=None, **kwargs) -> ClusterInfo:
         """This cluster with alpha and beta measured on the live process group, per mesh axis
-        (``autopar.runtime.profile_links``); collective: call it on every rank."""
+        (``autopar.runtime.profile_links``), and its topology's links refitted to them (``Topology.refit``), so
+        ``with_mesh`` and ``mesh="search"`` price other meshes by what was measured; collective: call it on
+        every rank."""
         from autopar.runtime.profile_links import profile_links
 
-        return profile_links(self, mesh, **kwargs)
+        measured = profile_links(self, mesh, **kwargs)
+        if self.topology is None:
+            return measured
+        return replace(measured, topology=self.topology.refit(self.mesh_shape, measured.alpha, measured.beta))
 
     # ---- mesh geometry ----------------------------------------------------------------
     @property

@@ -43,6 +43,11 @@ class PlanOptions:
       the seed of the default initialisation of tensors on ``meta`` (the same values on any mesh).
     - ``bucket_bytes``: size of the chunks replicated parameters' gradients are reduced in (as DDP's
       ``bucket_cap_mb``); the cost model prices one collective per chunk.
+    - ``mesh``: the logical device mesh. None (default): the cluster's own ``mesh_shape``; a shape such as
+      ``(16, 4)``: the cluster's devices arranged so (``ClusterInfo.with_mesh``: with a ``topology``, each
+      axis priced by the link its groups cross); ``"search"``: every mesh of 1 to 3 axes that respects the
+      cluster's nodes is planned (``solver/mesh_search.py``) and the fastest that fits is returned, the
+      others' predicted step times in its report (the cluster must know its ``topology``: every preset does).
     - ``offload``: Gemini (runtime/gemini): parameters, gradients and optimizer state in chunks that move
       between device and host. "none" (default): everything stays on the device; "auto": before each op,
       make room for its non-model peak (measured in a warm-up iteration) plus the chunks it needs within
@@ -72,8 +77,12 @@ class PlanOptions:
     reduce_dtype: str = "fp32"
     init: object = None  # None, a callable, or a checkpoint path (str)
     offload: str | dict = "none"  # "none", "auto" or {"params": f, "optimizer": g}
+    mesh: str | tuple[int, ...] | None = None  # None, "search" or a mesh shape
 
     def __post_init__(self) -> None:
+        if isinstance(self.mesh, list):
+            object.__setattr__(self, "mesh", tuple(self.mesh))
+        _check_mesh(self.mesh)
         if isinstance(self.checkpoint, list):
             object.__setattr__(self, "checkpoint", tuple(self.checkpoint))
         if isinstance(self.outputs, list):
@@ -155,6 +164,8 @@ class PlanOptions:
             data["checkpoint"] = list(self.checkpoint)
         if isinstance(self.outputs, tuple):
             data["outputs"] = list(self.outputs)
+        if isinstance(self.mesh, tuple):
+            data["mesh"] = list(self.mesh)
         if self.memory_budget == math.inf:
             data["memory_budget"] = "inf"  # no budget (JSON has no infinity)
         data["init"] = describe_init(self.init)
@@ -167,6 +178,17 @@ class PlanOptions:
         if data.get("memory_budget") == "inf":
             data["memory_budget"] = math.inf
         return cls(**data)
+
+
+def _check_mesh(mesh) -> None:
+    if mesh is None or mesh == "search":
+        return
+    shape_ok = isinstance(mesh, tuple) and 1 <= len(mesh) <= 3 and all(
+        not isinstance(n, bool) and isinstance(n, int) and n >= 1 for n in mesh)
+    if not shape_ok:
+        raise AutoparError(f"mesh must be None (the cluster's own mesh), 'search' (plan every mesh of the cluster's "
+                           f"devices and keep the fastest) or a shape of 1 to 3 positive integers such as (16, 4), "
+                           f"got {mesh!r}")
 
 
 def _check_offload(offload) -> None:

@@ -110,3 +110,31 @@ def test_same_numbers_as_single_device(world_size, cases):
     if world_size == 4:
         dp = next(c for c in reports[0] if c["case"].startswith("mlp small on mesh (4,) (budget None)"))
         assert not dp["sharded_params"], f"batch 1024, hidden 64 should be data parallel: {dp['sharded_params']}"
+
+
+def search_and_train(rank: int, world_size: int) -> list:
+    """mesh="search" on 2 "nodes" of 2 CPU devices (the network 8x slower): the module runs on the mesh chosen,
+    with the single-device numbers, and a searched plan handed back to autoparallelize runs as planned."""
+    import dataclasses
+
+    import autopar
+    from autopar import zoo
+    from autopar.cluster import Topology
+
+    cpu = autopar.ClusterInfo.preset("cpu:4")
+    (a,), (b,) = cpu.alpha, cpu.beta
+    cluster = dataclasses.replace(cpu, topology=Topology(2, 2, (a, b), (4 * a, 8 * b)))
+    out = []
+    for given in (False, True):
+        model, inputs = zoo.build("mlp", "tiny", device="cpu", seed=0)
+        ref = copy.deepcopy(model)
+        plan = autopar.plan(model, cluster, inputs, mesh="search", checkpoint="none") if given else None
+        pm = autopar.autoparallelize(model, cluster, inputs, mesh="search", checkpoint="none", plan=plan)
+        train_and_compare(ref, pm, inputs, f"mlp tiny, mesh searched (plan given: {given})")
+        out.append((pm.plan.mesh_shape, pm.mesh.mesh_shape, [t.mesh for t in pm.plan.meshes]))
+    return out
+
+
+def test_a_searched_mesh_runs_with_the_single_device_numbers():
+    (searched, given), *_ = run_distributed(search_and_train, 4, timeout=300)
+    assert searched == given and searched[0] == searched[1] and searched[2] == [(4,), (2, 2)]

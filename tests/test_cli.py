@@ -29,3 +29,15 @@ def test_bad_input_is_a_clear_error(capsys):
     assert "unknown model" in capsys.readouterr().err
     assert main(["plan", "--model", "mlp", "--size", "wide", "--cluster", "cpu:4", "--memory", "0.0001"]) == 2
     assert "smallest budget that fits" in capsys.readouterr().err
+
+
+def test_mesh_search_prints_every_mesh_weighed(capsys):
+    assert main(["plan", "--model", "mlp", "--size", "tiny", "--cluster", "2x2xH100", "--mesh", "search"]) == 0
+    out = capsys.readouterr().out
+    assert "on 2x2xH100: mesh 2x2" in out and "mesh search: 2 of 2 meshes planned" in out
+    table = out[out.index("mesh search:"):].splitlines()
+    assert table[1].split() == ["mesh", "links", "step", "time", "peak", "plan", "s"]
+    assert table[3].split()[:2] == ["4", "out"] and table[4].split()[:2] == ["2x2", "out/in"]
+    assert table[4].endswith("chosen") and "2 meshes)" in out
+    assert main(["plan", "--model", "mlp", "--size", "tiny", "--cluster", "cpu:4", "--mesh", "3x3"]) == 2
+    assert "mesh 3x3 has 9 devices" in capsys.readouterr().err

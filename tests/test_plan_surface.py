@@ -3,6 +3,7 @@ loads and refuses what it was not made for. (Tier 1: no process group; ``test_ch
 same plans on a 2x2 gloo mesh.)"""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -170,3 +171,75 @@ def test_infeasible_error_states_a_budget_in_bytes():
     with pytest.raises(InfeasibleBudgetError) as info:
         autopar.plan(model, autopar.ClusterInfo.preset("cpu:2"), inputs, memory_budget=16.0)
     assert math.isfinite(info.value.min_budget) and f"({info.value.min_budget:.0f} bytes)" in str(info.value)
+
+
+def test_mesh_search_plans_every_mesh_and_returns_the_fastest(tmp_path):
+    """2 nodes of 2 H100s: meshes 4 (crossing nodes) and 2x2; the search's plan is at least as fast as the plan
+    on each fixed mesh, lists both, is a normal Plan on the chosen mesh, and saves and loads."""
+    model, inputs = zoo.build("mlp", "tiny", device="meta")
+    cluster = autopar.ClusterInfo.preset("2x2xH100")
+    found = autopar.plan(model, cluster, inputs, mesh="search")
+    assert found.mesh_shape == (2, 2)  # its all-reduces stay inside a node
+    assert [t.mesh for t in found.meshes] == cluster.topology.meshes() == [(4,), (2, 2)]
+    for shape in cluster.topology.meshes():
+        fixed = autopar.plan(model, cluster, inputs, mesh=shape)
+        assert fixed.cluster == cluster.with_mesh(shape) and fixed.mesh_shape == shape
+        assert found.step_time <= fixed.step_time, shape
+        trial = next(t for t in found.meshes if t.mesh == shape)
+        assert (trial.step_time, trial.peak_memory) == pytest.approx((fixed.step_time, fixed.peak_memory))
+    assert found.cluster == cluster.with_mesh(found.mesh_shape) and found.options.mesh == "search"
+    assert "mesh search: 2 of 2 meshes planned" in found.report() and "chosen" in found.report()
+    from autopar.report.html import render_html
+
+    assert "Mesh search (2 meshes)" in render_html(found.to_json())
+    found.save(tmp_path / "plan.json")
+    loaded = autopar.load_plan(tmp_path / "plan.json")
+    assert loaded.to_json() == found.to_json() and loaded.meshes == found.meshes
+    assert loaded.cluster == found.cluster and loaded.cluster.topology == cluster.topology
+    from autopar.solver.mesh_search import cluster_for
+
+    loaded.check_matches(trace(model, inputs), cluster_for(cluster, "search", loaded), found.options)
+
+
+def test_mesh_search_drops_meshes_a_permutation_dominates():
+    from autopar.solver.mesh_search import candidates
+
+    kept, dominated = candidates(autopar.ClusterInfo.preset("8x8xH100"))
+    assert dominated[(2, 32)] == (32, 2) and dominated[(4, 16)] == (16, 4)  # the 32 (16) would cross nodes
+    assert {(8, 2, 4), (8, 4, 2), (8, 8), (64,)} <= set(kept) and not set(kept) & set(dominated)
+    assert set(kept) | set(dominated) == set(autopar.ClusterInfo.preset("8x8xH100").topology.meshes())
+
+
+def test_bad_mesh_values_are_clear_errors():
+    model, inputs = zoo.build("mlp", "tiny", device="meta")
+    cluster = autopar.ClusterInfo.preset("cpu:4")
+    with pytest.raises(AutoparError, match="mesh must be None.*'search'.*got 'serach'"):
+        autopar.plan(model, cluster, inputs, mesh="serach")
+    with pytest.raises(AutoparError, match="mesh must be"):
+        autopar.plan(model, cluster, inputs, mesh=(2, 0))
+    with pytest.raises(AutoparError, match="mesh 3x3 has 9 devices, the cluster cpu:4 has 4"):
+        autopar.plan(model, cluster, inputs, mesh=(3, 3))
+    bare = dataclasses.replace(cluster, topology=None)
+    with pytest.raises(AutoparError, match="mesh='search' needs to know the cluster's nodes"):
+        autopar.plan(model, bare, inputs, mesh="search")
+
+
+def test_a_mesh_whose_fastest_plan_is_slower_than_the_best_skips_stage_2():
+    """A mesh whose fastest plan (no budget) does not fit is bounded below by it: no better than the best so far,
+    it is not planned further; otherwise it is planned as ``plan_graph`` would."""
+    from autopar.solver.mesh_search import _plan_mesh
+    from autopar.solver.planner import plan_graph
+
+    model, inputs = zoo.build("mlp", "tiny", device="meta")
+    gm = trace(model, inputs)
+    cluster = autopar.ClusterInfo.preset("2x2xH100").with_mesh((4,))
+    free = plan_graph(gm, cluster, PlanOptions(memory_budget=INF))
+    options = PlanOptions(memory_budget=0.95 * free.peak_memory, mesh="search")
+    plan, note = _plan_mesh(gm, cluster, options, lambda line: None, best=free.step_time)
+    assert plan is None and note.startswith("slower than the chosen: its fastest plan takes")
+    plan, note = _plan_mesh(gm, cluster, options, lambda line: None, best=INF)
+    fixed = plan_graph(gm, cluster, options)
+    assert (plan.step_time, plan.peak_memory) == pytest.approx((fixed.step_time, fixed.peak_memory)) and not note
+    assert plan.step_time >= free.step_time and plan.peak_memory <= options.memory_budget
+    fits, _ = _plan_mesh(gm, cluster, PlanOptions(memory_budget=INF), lambda line: None, best=0.0)
+    assert fits.step_time == pytest.approx(free.step_time)  # its fastest plan fits: that is the plan, bound or not

@@ -472,6 +472,21 @@ def _header(data: dict, sh: dict) -> str:
         "</div>"])
 
 
+def _meshes(data: dict) -> str:
+    """A mesh search's table (``Plan.meshes``): every mesh weighed, the chosen one in bold; empty without a search."""
+    trials, chosen = data.get("meshes") or [], (data.get("cluster") or {}).get("mesh_shape")
+    if not trials:
+        return ""
+    body = "".join(
+        f'<tr{" style=font-weight:bold" if t["mesh"] == chosen else ""}><td>{"x".join(map(str, t["mesh"]))}</td>'
+        f'<td>{human_time(t["step_time"]) if t["step_time"] is not None else "-"}</td>'
+        f'<td>{human_bytes(t["peak_memory"]) if t["peak_memory"] is not None else "-"}</td>'
+        f'<td>{t["seconds"]:.2f} s</td><td>{"chosen" if t["mesh"] == chosen else _e(t.get("note", ""))}</td></tr>'
+        for t in trials)
+    return (f'<section><h2>Mesh search ({len(trials)} meshes)</h2><table><thead><tr><th>mesh</th><th>step time</th>'
+            f'<th>peak</th><th>planning</th><th></th></tr></thead><tbody>{body}</tbody></table></section>')
+
+
 def _totals(data: dict, sh: dict, rows: list[dict]) -> str:
     mem, ck = data.get("memory") or sh.get("memory") or {}, data.get("checkpoint")
     parts = "".join(_card(c, human_bytes(mem.get(c, 0.0))) for c in CATEGORIES if c in mem)
@@ -516,7 +531,7 @@ def render_html(data: dict) -> str:
     return "".join([
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>',
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head>',
-        f'<body><script>{_ONERROR}</script><main>{_header(data, sh)}',
+        f'<body><script>{_ONERROR}</script><main>{_header(data, sh)}{_meshes(data)}',
         '<section><h2>Memory per device over forward and backward</h2><div id="legend" class="legend"></div>',
         '<div id="timeline"></div></section>',
         f'<section><h2>Operators ({len(rows)} rows{once})</h2>'

@@ -62,7 +62,32 @@ def plan_report(plan) -> str:
         lines += ["", plan.checkpoint.report()]
     if plan.notes:
         lines += ["", "candidates weighed:"] + [f"  {n}" for n in plan.notes]
+    if plan.meshes:
+        lines += ["", mesh_table(plan)]
     return "\n".join(lines)
+
+
+def mesh_table(plan) -> str:
+    """A mesh search's table: every mesh weighed, its predicted step time, peak and planning seconds (or why not)."""
+    head = ("mesh", "links", "step time", "peak", "plan s", "")
+    rows = []
+    for t in plan.meshes:
+        links = "/".join("in" if plan.cluster.topology.inside_node(t.mesh, a) else "out" for a in range(len(t.mesh)))
+        chosen = "chosen" if t.mesh == plan.mesh_shape else t.note
+        rows.append((t.label, links, human_time(t.step_time) if t.step_time is not None else "-",
+                     human_bytes(t.peak_memory) if t.peak_memory is not None else "-",
+                     f"{t.seconds:.2f}" if t.seconds else "-", chosen))
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+
+    def fmt(row):
+        cells = (c.rjust(w) if 2 <= i <= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        return "  ".join(cells).rstrip()
+
+    planned = sum(1 for t in plan.meshes if t.seconds)
+    total = sum(t.seconds for t in plan.meshes)
+    return "\n".join([f"mesh search: {planned} of {len(plan.meshes)} meshes planned in {total:.2f} s "
+                      f"(links per axis: in = inside a node, out = across nodes)", fmt(head),
+                      "  ".join("-" * w for w in widths[:-1]), *[fmt(r) for r in rows]])
 
 
 def plan_table(plan) -> str:

@@ -47,6 +47,30 @@ class InputSpec:
         return f"{self.name} {self.shape if self.shape is not None else '(not a tensor)'} {self.dtype}"
 
 
+@dataclass(frozen=True, slots=True)
+class MeshTrial:
+    """One logical mesh a mesh search weighed (``mesh="search"``): its predicted step time and peak per device
+    when it planned, else None and why not (``note``); ``seconds``: its planning time (0 when never planned)."""
+
+    mesh: tuple[int, ...]
+    step_time: float | None
+    peak_memory: float | None
+    seconds: float
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return "x".join(map(str, self.mesh))
+
+    def to_json(self) -> dict:
+        return {"mesh": list(self.mesh), "step_time": self.step_time, "peak_memory": self.peak_memory,
+                "seconds": self.seconds, "note": self.note}
+
+    @classmethod
+    def from_json(cls, data: dict) -> MeshTrial:
+        return cls(tuple(data["mesh"]), data["step_time"], data["peak_memory"], data["seconds"], data.get("note", ""))
+
+
 @dataclass(frozen=True)
 class Plan:
     sharding: ShardingPlan
@@ -58,6 +82,7 @@ class Plan:
     timeline: Timeline  # bytes per category per step, with the recomputation schedule
     memory_budget: float  # bytes per device the plan was checked against
     notes: tuple[str, ...] = ()  # how it was chosen (the candidates stage 2 weighed)
+    meshes: tuple[MeshTrial, ...] = ()  # with mesh="search": every mesh weighed, this plan's among them
 
     # ---- the figures a user plans by -------------------------------------------------------
     @property
@@ -125,6 +150,7 @@ class Plan:
             "checkpoint": self.checkpoint.to_json() if self.checkpoint is not None else None,
             "timeline": self.timeline.to_json(),
             "edges": [r.to_json() for r in self.sharding.reshards],
+            "meshes": [t.to_json() for t in self.meshes],
         }
 
     @classmethod
@@ -141,7 +167,7 @@ class Plan:
                    cluster_from_json(data["cluster"]), data["fingerprint"], inputs,
                    Timeline.from_json(data["timeline"]),
                    float("inf") if data["memory_budget"] is None else float(data["memory_budget"]),
-                   tuple(data.get("notes", ())))
+                   tuple(data.get("notes", ())), tuple(MeshTrial.from_json(t) for t in data.get("meshes", ())))
 
     def save(self, path) -> None:
         with open(path, "w") as f:
@@ -193,10 +219,15 @@ def load_plan(path) -> Plan:
 
 
 def cluster_json(cluster: ClusterInfo) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cluster).items()}
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v
+    return plain(dataclasses.asdict(cluster))
 
 
 def cluster_from_json(data: dict) -> ClusterInfo:
+    """The ClusterInfo of ``cluster_json`` (a plan saved before clusters had a topology has none)."""
     return ClusterInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 

@@ -139,11 +139,31 @@ class _Candidate:
 
 def plan_graph(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=lambda line: None) -> Plan:
     """The Plan for ``gm`` (a traced graph) on ``cluster`` under ``options`` (module docstring)."""
-    planner = Planner(gm, cluster, options, say)
-    budget = options.budget(cluster)
-    chosen, notes = _choose(planner, budget, options.checkpoint)
-    return Plan(chosen.sharding, chosen.checkpoint, options, cluster, graph_fingerprint(gm), input_specs(gm),
-                chosen.timeline, budget, tuple(notes))
+    return plan_of(Planner(gm, cluster, options, say))
+
+
+def plan_of(planner: Planner) -> Plan:
+    """``plan_graph`` on a Planner already made (whose solves so far it reuses)."""
+    budget = planner.options.budget(planner.cluster)
+    chosen, notes = _choose(planner, budget, planner.options.checkpoint)
+    return _plan(planner, chosen, notes)
+
+
+def fastest_if_it_fits(planner: Planner) -> tuple[Plan | None, ShardingPlan]:
+    """(the Plan of the fastest sharding plan, no budget, when it fits the budget without recomputation, else None;
+    that sharding plan). A plan that fits is as fast as any ``plan_of`` could choose (a budget only restricts,
+    recomputation only adds time), so ``plan_of`` would choose one as fast (unless ``checkpoint`` names modules)."""
+    fastest = planner.solve(INF)
+    timeline = planner.timeline(fastest)
+    if timeline.peak > planner.options.budget(planner.cluster):
+        return None, fastest
+    return _plan(planner, _Candidate(fastest, None, timeline, "the fastest plan"), []), fastest
+
+
+def _plan(planner: Planner, chosen: _Candidate, notes: list[str]) -> Plan:
+    gm, options = planner.gm, planner.options
+    return Plan(chosen.sharding, chosen.checkpoint, options, planner.cluster, graph_fingerprint(gm), input_specs(gm),
+                chosen.timeline, options.budget(planner.cluster), tuple(notes))
 
 
 def _choose(planner: Planner, budget: float, mode) -> tuple[_Candidate, list[str]]:
