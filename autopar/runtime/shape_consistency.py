@@ -239,13 +239,13 @@ class ShapeConsistencyManager:
         if tuple(local.shape) != expected:
             raise ValueError(f"a {src} piece of a {tuple(global_shape)} tensor has local shape {expected}, "
                              f"got {tuple(local.shape)} on rank {mesh.rank}")
-        given = local.untyped_storage().data_ptr()
+        given = local
         for step in self.plan(src, dst, global_shape, local.element_size()):
             local = C.run_step(local, step, mesh, uniform)
-        storage = local.untyped_storage()
-        if storage.data_ptr() != given and storage.nbytes() > local.numel() * local.element_size():
-            # a piece of a collective's larger buffer (a chunk of a gather): copied out, so what a
-            # consumer saves for backward holds the piece (the memory model's local bytes), not the buffer
+        if local is not given and local.untyped_storage().nbytes() > local.numel() * local.element_size():
+            # a piece of a larger buffer (a chunk of a gather's, or a slice of the input's own storage when
+            # the resharding only splits further): copied out, so what a consumer saves for backward holds
+            # the piece (the memory model's local bytes), not the whole buffer
             local = local.clone()
         return local
 

@@ -5,20 +5,22 @@ node saves, on global tensors. On one device of a sharding plan a saved storage 
 
 - an input the plan reshards for this node (its input spec differs from its producer's output
   spec), or for a view between it and the storage's root: codegen's copy, one per (producer,
-  spec), of ``local_bytes(producer, wanted spec)``; for a parameter too: the parameter is held
-  anyway, its gathered copy is not. A resharding that only splits the leading dim further
-  slices the local shard: a view, so the storage is still the producer's;
+  spec), of ``local_bytes(producer, wanted spec)`` (a resharding that only splits further is a
+  copy too: shape_consistency clones a slice rather than keep the whole storage alive); for a
+  parameter too: the parameter is held anyway, its gathered copy is not;
 - otherwise the storage itself, ``local_bytes(root, the root's output spec)``; never a parameter
   or buffer;
 
-plus the node's private bytes (norm statistics, masks, attention's logsumexp) scaled as the
-cost model scales its saved bytes (by the local share of its activation inputs). Storages are
-keys, so the chain counts each once per stage or region. A node the tracer could not replay
-keeps its strategy's memory under a key of its own.
+plus the node's private bytes (norm statistics, masks, attention's logsumexp) x the local share of
+its activation inputs (``cost_model.saved_share``). Storages are keys, so the chain counts each
+once per stage or region. A node the tracer could not replay keeps its strategy's memory under a
+key of its own.
 
-The ILP (``memory.py``) counts the same storages on global tensors, once for their first saver,
-scaled to each saver's local shard, plus the saved copies of resharded parameters; it does not
-see that two savers of one activation may save two different resharded copies of it.
+The ILP (``memory.py``) prices every storage the same way for its first saver (``Strategy.memory``,
+``cost_model.saved_local_bytes``), plus the saved copies of resharded parameters; it does not see
+that a later saver of one activation may save another resharded copy of it (a second key here), nor
+that a view between a saver and the storage's root may be resharded (the copy's bytes here, the
+root's there). tests/solver/test_saved_accounts.py compares the two over the zoo.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from collections.abc import Callable
 
 import torch.fx as fx
 
-from autopar.solver.cost_model import local_bytes
+from autopar.solver.cost_model import local_bytes, saved_share
 from autopar.solver.strategy import Strategy
 from autopar.tracer.meta import is_multi
 
@@ -48,9 +50,9 @@ def saved_storages(gm: fx.GraphModule, mesh_shape, strategy_of: StrategyOf) -> d
                 out[node] = {("own", node.name): strategy.memory}
             continue
         keys: dict[Key, float] = {}
-        if storage.private:  # scaled like the node's saved bytes (cost_model: by its activation inputs' shard)
-            share = strategy.memory / profile.saved_bytes if profile.saved_bytes else 1.0
-            keys[("own", node.name)] = storage.private * share
+        if storage.private:  # scaled by its activation inputs' local share, as the cost model does
+            keys[("own", node.name)] = storage.private * saved_share(node, strategy.output, strategy.inputs,
+                                                                     mesh_shape)
         left = set(storage.saves)
         for arg, wanted in zip(node.all_input_nodes, strategy.inputs):
             roots = set(arg.meta["storage"].roots) & left if "storage" in arg.meta else set()
@@ -71,12 +73,13 @@ def _resharded_copy(arg: fx.Node, wanted, mesh_shape, strategy_of: StrategyOf) -
     """The copy a consumer wanting ``arg`` as ``wanted`` reads: codegen's resharding nearest to the
     consumer on the way from ``arg`` back through its views to the storage's root (key, local bytes),
     or None when nothing on the way is resharded (the consumer reads the root's own storage)."""
-    node, spec = arg, wanted
+    node, spec, child = arg, wanted, None
     while True:
         strategy = strategy_of(node)
         produced = strategy.output if strategy is not None else None
-        if spec is not None and produced is not None and spec != produced \
-                and not _split_is_view(produced, spec, node.meta["tensor"], mesh_shape):
+        if spec is not None and produced is not None and spec != produced:
+            if is_multi(node.meta["tensor"]) and child is not None:  # codegen reshards the element picked
+                return ("copy", child.name, spec), local_bytes(child.meta["tensor"], spec, mesh_shape)
             return ("copy", node.name, spec), local_bytes(node.meta["tensor"], spec, mesh_shape)
         storage = node.meta.get("storage")
         root = storage.roots[0] if storage is not None and storage.roots else None
@@ -87,7 +90,7 @@ def _resharded_copy(arg: fx.Node, wanted, mesh_shape, strategy_of: StrategyOf) -
                           if "storage" in a.meta and root in a.meta["storage"].roots), (None, None))
         if parent is None:
             return None
-        node, spec = parent, strategy.inputs[k]
+        node, spec, child = parent, strategy.inputs[k], node
 
 
 def root_key(root) -> Key:
@@ -109,15 +112,3 @@ def root_bytes(node: fx.Node, i, mesh_shape, strategy_of: StrategyOf) -> float:
     tm = tm[i] if i is not None and is_multi(tm) else tm
     strategy = strategy_of(node)
     return local_bytes(tm, strategy.output, mesh_shape) if strategy is not None else float(tm.nbytes)
-
-
-def _split_is_view(produced, wanted, tm, mesh_shape) -> bool:
-    """Whether ``wanted`` only splits further what ``produced`` holds (S0R -> S01R, R -> S1) along dims
-    before which the local shard has only dims of size 1: codegen's chunk is then a contiguous slice
-    of the local shard, a view of its storage, not a copy (``collectives.chunk``)."""
-    if (is_multi(tm) or produced.ndim != wanted.ndim or produced.partial or wanted.partial
-            or not produced.fits(tm.shape, mesh_shape)):
-        return False
-    local = produced.local_shape(tm.shape, mesh_shape)
-    return all(w[:len(p)] == p and (w == p or all(n == 1 for n in local[:d]))
-               for d, (p, w) in enumerate(zip(produced.dims, wanted.dims)))

@@ -9,7 +9,13 @@ split; on an axis where tensors are only replicated or partial every rank does t
     B        = (sum of local input bytes + local output bytes) x (3 if a gradient flows, else 1)
                (backward reads the output grad and the inputs, writes the input grads);
                views (view, permute, expand, slice, split, getitem) move no bytes
-    memory   = M x (local / global bytes of the node's activation inputs)   (saved for backward)
+    memory   = the bytes saved for backward on one device: each storage the node is the first to save
+               (tracer/saved.py, ``Storage.first``) at its local size under this strategy (an input it
+               reads directly: in the spec this strategy wants it, which is the producer's storage or
+               codegen's resharded copy; one it reaches through views: the root's bytes x that input's
+               local share; its own output: in the output spec), plus its private bytes (statistics,
+               masks) x the local share of its activation inputs (``saved_share``). An op the tracer could
+               not replay: M x that share. Stage 2 (checkpoint_saved.py) prices every storage alike.
 
 A partial tensor is full-size on every rank. ``e`` is the cluster's efficiency.
 
@@ -157,16 +163,87 @@ def price(node: fx.Node, out: ShardingSpec | None, inputs: Sequence[ShardingSpec
     compute = max(flops / (cluster.flops_for(first.dtype) * cluster.efficiency),
                   traffic / (cluster.mem_bandwidth * cluster.efficiency))
 
-    # memory: saved bytes, scaled like the activations the op reads
-    memory = 0.0
-    if profile and profile.saved_bytes:
-        acts = [(t, s) for n, t, s in zip(in_nodes, in_metas, inputs)
-                if t is not None and n.meta.get("op") not in STORAGE_OPS and n.op != "get_attr"]
-        acts = acts or [(tm, out)]
-        total = sum(_global_bytes(t) for t, _ in acts)
-        frac = sum(local_bytes(t, s, mesh) for t, s in acts) / total if total else 1.0
-        memory = profile.saved_bytes * frac
+    memory = saved_local_bytes(node, out, inputs, mesh)
     return Strategy(out, inputs, compute, vocab_parallel_comm(node, inputs, cluster), memory)
+
+
+def saved_share(node: fx.Node, out: ShardingSpec, inputs: Sequence[ShardingSpec | None], mesh) -> float:
+    """Local / global bytes of the activations ``node`` reads under ``out = inputs`` (its output's, when it
+    reads none): how its private saved bytes (norm statistics, masks) shrink on one device."""
+    acts = [(n.meta.get("tensor"), s) for n, s in zip(node.all_input_nodes, inputs)
+            if s is not None and n.meta.get("tensor") is not None and n.meta.get("op") not in STORAGE_OPS
+            and n.op != "get_attr"]
+    acts = acts or [(node.meta.get("tensor"), out)]
+    total = sum(_global_bytes(t) for t, _ in acts)
+    return sum(local_bytes(t, s, mesh) for t, s in acts) / total if total else 1.0
+
+
+def saved_local_bytes(node: fx.Node, out: ShardingSpec, inputs: Sequence[ShardingSpec | None], mesh,
+                      through_views: bool = True) -> float:
+    """The bytes ``node`` saves for backward on one device under ``out = inputs`` (module docstring).
+
+    ``through_views=False`` leaves out the storages it reaches only through views: their bytes depend on
+    the root's strategy, not this node's, and the ILP prices them on the root (``memory.py``,
+    ``view_saved_roots``); with True they are estimated as the root's bytes x the view's local share."""
+    profile, storage = node.meta.get("profile"), node.meta.get("storage")
+    if profile is None or not profile.saved_bytes:
+        return 0.0
+    share = saved_share(node, out, inputs, mesh)
+    if storage is None or (not storage.saves and not storage.private):  # not replayed: the rule's figure
+        return profile.saved_bytes * share
+    total = storage.private * share
+    for root in storage.first:
+        total += _root_local_bytes(node, root, out, inputs, mesh, share, through_views)
+    return total
+
+
+def view_saved_roots(node: fx.Node) -> list[tuple]:
+    """The storages ``node`` is the first to save that it reaches only through views of their roots (or
+    not through its inputs at all): their bytes are the root's, in the root's own spec."""
+    storage = node.meta.get("storage")
+    if storage is None or node.meta.get("profile") is None or not node.meta["profile"].saved_bytes:
+        return []
+    return [root for root in storage.first if _reads(node, root) == "view"]
+
+
+def _reads(node: fx.Node, root) -> str:
+    """How ``node`` reaches storage ``root``: its own output ("own"), an input that is the root ("direct"),
+    through views ("view")."""
+    if root[0] == node.name:
+        return "own"
+    for arg in node.all_input_nodes:
+        st = arg.meta.get("storage")
+        if st is not None and root in st.roots:
+            return "direct" if arg.name == root[0] and not is_tuple_meta(arg.meta["tensor"]) else "view"
+    return "view"
+
+
+def _root_local_bytes(node: fx.Node, root, out, inputs, mesh, share: float, through_views: bool) -> float:
+    name, i = root
+    if name == node.name:  # its own output
+        tm = node.meta["tensor"]
+        return local_bytes(tm[i] if i is not None and is_tuple_meta(tm) else tm, out, mesh)
+    for arg, spec in zip(node.all_input_nodes, inputs):
+        st = arg.meta.get("storage")
+        if st is None or root not in st.roots or spec is None:
+            continue
+        tm = arg.meta["tensor"]
+        if arg.name == name and not is_tuple_meta(tm):  # read directly: its storage, or the copy this spec is
+            return local_bytes(tm, spec, mesh)
+        if not through_views:
+            return 0.0
+        whole = _global_bytes(tm)  # through views: the root's storage, shrunk as the view this node reads
+        return _root_global_bytes(node, root) * (local_bytes(tm, spec, mesh) / whole if whole else 1.0)
+    return _root_global_bytes(node, root) * share if through_views else 0.0
+
+
+def _root_global_bytes(node: fx.Node, root) -> float:
+    graph = node.graph
+    by_name = graph.__dict__.get("_autopar_nodes")
+    if by_name is None or root[0] not in by_name:
+        by_name = graph.__dict__["_autopar_nodes"] = {n.name: n for n in graph.nodes}
+    tm = by_name[root[0]].meta["tensor"]
+    return _global_bytes(tm[root[1]] if root[1] is not None and is_tuple_meta(tm) else tm)
 
 
 def vocab_parallel_comm(node: fx.Node, inputs: Sequence[ShardingSpec | None], cluster: ClusterInfo) -> float:

@@ -26,12 +26,16 @@ buffers and frozen parameters); ``opt_p`` is the optimizer state in the same spe
 element: ``adamw``/``adam`` two moments, ``sgd_momentum`` one buffer, ``sgd`` none. Moments are
 kept in the parameter's dtype for fp32 parameters; for half-precision parameters in fp32 beside
 an fp32 master copy (mixed precision): bf16 + AdamW costs 2 + 2 + 12 bytes per element.
-``saved_v`` is the node profile's saved bytes scaled to the local shard (``Strategy.memory``): each
-storage once, for its first saver, so freed after that node's backward (``tracer/saved.py``).
+``saved_v`` is what v saves on one device (``cost_model.saved_local_bytes``, as stage 2 prices it):
+each storage once, for its first saver, so freed after that node's backward (``tracer/saved.py``); a
+storage v reaches only through views is priced on its root's strategies (the root's local bytes),
+the rest on v's own.
 ``K_v`` = the copies of parameters that v saves (a linear layer saves its weight to compute
 its input's gradient) where the plan reshards them for v: the local bytes of the spec v wants,
-on the edges where it differs from the stored spec. A parameter is held anyway; its gathered copy
-is not. (A resharded activation is already in saved_v: its local bytes are those of v's specs.)
+on the edges where it differs from the stored spec; likewise the copy of a view through which v
+first saves an activation (the lm head reading a slice of the last norm), when resharded. A
+parameter is held anyway; its gathered copy is not. (A resharded activation is already in saved_v:
+its local bytes are those of v's specs.)
 
 Dominance: f_t is implied by b_t (same x) when ``dout_u = out_u`` for every u in L(t), since then
 ``M(b_t) - M(f_t) = G_t >= 0``; such forward steps need no constraint of their own.
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autopar.solver.build import StrategyGraph, _edge_meta
-from autopar.solver.cost_model import OPTIMIZERS, local_bytes, state_factors
+from autopar.solver.cost_model import OPTIMIZERS, local_bytes, saved_local_bytes, state_factors, view_saved_roots
 from autopar.tracer.ops import Prop, has
 
 CATEGORIES = ("params", "grads", "optimizer", "activations", "temporaries")
@@ -93,6 +97,9 @@ class MemoryModel:
         self.grad = [z.copy() for z in zeros]
         self.opt = [z.copy() for z in zeros]
         self.saved = [z.copy() for z in zeros]
+        # saved_views[k]: (root r, bytes per strategy of r) for each storage k first saves through a view of it
+        self.saved_views: list[list[tuple[int, np.ndarray]]] = [[] for _ in nodes]
+        by_name = {v.name: v for v in nodes}
         self.out = [z.copy() for z in zeros]
         self.needs_grad = np.zeros(n, dtype=bool)
         self.last_use = np.arange(n)
@@ -112,12 +119,23 @@ class MemoryModel:
             if tm is None or v.op == "output":
                 continue
             if v.op != "placeholder":
-                self.saved[k] = np.array([s.memory for s in strategies])
+                self.saved[k] = np.array([saved_local_bytes(v, s.output, s.inputs, mesh, through_views=False)
+                                          for s in strategies])
+                views = view_saved_roots(v)
+                if any(by_name.get(name) not in index for name, _i in views):  # not all planned: estimated
+                    self.saved[k], views = np.array([s.memory for s in strategies]), []
+                for name, i in views:
+                    root = by_name[name]
+                    rt = root.meta["tensor"]
+                    rt = rt[i] if i is not None and isinstance(rt, tuple) and not hasattr(rt, "shape") else rt
+                    self.saved_views[k].append(
+                        (index[root], np.array([local_bytes(rt, s.output, mesh) for s in root.meta["strategies"]])))
             if not has(op, Prop.VIEW | Prop.META):  # views and metadata reads hold no new bytes
                 self.out[k] = np.array([local_bytes(tm, s.output, mesh) for s in strategies])
             metas = [t for t in tm if t is not None] if isinstance(tm, tuple) and not hasattr(tm, "shape") else [tm]
             self.needs_grad[k] = any(t.requires_grad for t in metas)
         self.copies: list[tuple[int, int, np.ndarray]] = []
+        mats: dict[int, np.ndarray] = {}
         graph_nodes = {v.name: v for v in nodes[0].graph.nodes} if nodes else {}
         self.kept_copies: list[tuple[int, int, np.ndarray]] = []  # K: copies of parameters saved for backward
         for e, edge in enumerate(sg.edges):
@@ -131,8 +149,23 @@ class MemoryModel:
             mat = np.where(edge.spec_cost > 0, col[None, :], 0.0)
             if mat.any():
                 self.copies.append((e, index[edge.dst], mat))
-                if _param_rooted(edge.src, graph_nodes) and _saves_input(edge.dst, edge.src):
-                    self.kept_copies.append((e, index[edge.dst], mat))
+                mats[e] = mat
+        # Resharded on any edge of the way from a storage's root (through views) to v, what v saves is
+        # codegen's copy there: for every parameter or buffer v saves, and every activation v is the first
+        # to save through views (stage 2 counts only the copy nearest v, and for an activation the root's
+        # term stays on the root's strategies: this account is above stage 2's there, never below).
+        edges_into = {(edge.src, edge.dst): e for e, edge in enumerate(sg.edges)}
+        for k, v in enumerate(nodes):
+            storage = v.meta.get("storage")
+            if storage is None or v.op in ("placeholder", "get_attr", "output"):
+                continue
+            roots = [name for name, _i in storage.saves if graph_nodes.get(name) is not None
+                     and graph_nodes[name].op == "get_attr"]
+            roots += [nodes[r].name for r, _vec in self.saved_views[k]]
+            for name in dict.fromkeys(roots):
+                for e in _view_hops(v, name, edges_into):
+                    if e in mats:
+                        self.kept_copies.append((e, k, mats[e]))
         self.dout = [o if g else np.zeros_like(o) for o, g in zip(self.out, self.needs_grad)]
         # L(t): the nodes whose output (or its gradient) is live at step t
         self.live: list[list[int]] = [[] for _ in range(n)]
@@ -143,6 +176,10 @@ class MemoryModel:
         # f_t needs its own constraint only when some live output needs no gradient (see Dominance)
         self.forward_needed = np.array([any(not self.needs_grad[u] for u in self.live[t]) for t in range(n)])
 
+    def saved_terms(self, t: int) -> list[tuple[int, np.ndarray]]:
+        """What step f_t saves for backward, as (node, bytes per strategy of that node) terms."""
+        return [(t, self.saved[t]), *self.saved_views[t]]
+
     # ---- evaluation of one plan ---------------------------------------------------------------
     def profile(self, choice) -> dict[str, np.ndarray]:
         """Bytes per category at every step: arrays of length 2N (forward f_1..f_N, then b_N..b_1)."""
@@ -150,7 +187,8 @@ class MemoryModel:
         pick = [vec[choice[k]] for k, vec in enumerate(self.param)]
         param = sum(pick)
         opt = sum(vec[choice[k]] for k, vec in enumerate(self.opt))
-        saved = np.array([vec[choice[k]] for k, vec in enumerate(self.saved)])
+        saved = np.array([vec[choice[k]] + sum(rv[choice[r]] for r, rv in self.saved_views[k])
+                          for k, vec in enumerate(self.saved)])
         for e, t, mat in self.kept_copies:
             saved[t] += self._edge_value(e, t, mat, choice)
         saved = np.cumsum(saved)
@@ -169,8 +207,9 @@ class MemoryModel:
                 "temporaries": np.concatenate([temp_f, temp_b[rev]])}
 
     def _edge_value(self, e: int, t: int, mat: np.ndarray, choice) -> float:
+        """``mat``'s entry for edge e's specs under ``choice`` (t: the step it counts at, not always its dst)."""
         edge = self.sg.edges[e]
-        return mat[edge.src_group[choice[self._idx(edge.src)]], edge.dst_group[choice[t]]]
+        return mat[edge.src_group[choice[self._idx(edge.src)]], edge.dst_group[choice[self._idx(edge.dst)]]]
 
     def _idx(self, node) -> int:
         if not hasattr(self, "_index"):
@@ -195,7 +234,8 @@ class MemoryModel:
         for k, vec in enumerate(self.grad):
             grad_at[self.last_use[k]] += red(vec)
         grads = np.cumsum(grad_at[::-1])[::-1]
-        acts = np.array([float(red(v)) for v in self.saved])
+        acts = np.array([float(red(v)) + sum(float(red(rv)) for _r, rv in views)
+                         for v, views in zip(self.saved, self.saved_views)])
         for _, t, mat in self.kept_copies:
             acts[t] += red(mat)
         acts = np.cumsum(acts)
@@ -215,17 +255,17 @@ class MemoryModel:
         return float(max(fwd.max(initial=0.0), bwd.max(initial=0.0)))
 
 
-def _param_rooted(node, graph_nodes) -> bool:
-    """Whether ``node``'s output lives in a parameter's or buffer's storage (it or a view of it)."""
-    storage = node.meta.get("storage")
-    root = graph_nodes.get(storage.roots[0][0]) if storage is not None and storage.roots[0] else node
-    return root is not None and root.op == "get_attr"
-
-
-def _saves_input(node, arg) -> bool:
-    """Whether ``node`` saves ``arg`` (or a view of it) for backward (the tracer's ``meta["storage"]``)."""
-    storage, own = node.meta.get("storage"), arg.meta.get("storage")
-    return storage is not None and own is not None and bool(set(own.roots) & set(storage.saves))
+def _view_hops(node, root_name: str, edges_into: dict) -> list[int]:
+    """The edges on the way from storage root ``root_name`` through views to ``node`` (nearest ``node`` first)."""
+    hops, child = [], node
+    while child.name != root_name:
+        parent = next((a for a in child.all_input_nodes if "storage" in a.meta
+                       and any(r is not None and r[0] == root_name for r in a.meta["storage"].roots)), None)
+        if parent is None or (parent, child) not in edges_into:
+            break
+        hops.append(edges_into[(parent, child)])
+        child = parent
+    return hops
 
 
 __all__ = ["MemoryModel", "MemoryBreakdown", "OPTIMIZERS", "state_factors", "CATEGORIES"]

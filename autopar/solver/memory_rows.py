@@ -60,7 +60,8 @@ def interior_steps(red, mm: MemoryModel) -> set[int]:
 
     def signature(layer: int, p: int):
         t = starts[layer] + p
-        return (red.owner[t], red.pick[t].tobytes(), mm.saved[t].tobytes(), mm.out[t].tobytes(),
+        views = tuple((shift(r, layer), vec.tobytes()) for r, vec in mm.saved_views[t])
+        return (red.owner[t], red.pick[t].tobytes(), mm.saved[t].tobytes(), views, mm.out[t].tobytes(),
                 mm.grad[t].tobytes(), mm.dout[t].tobytes(), shift(int(mm.last_use[t]), layer),
                 tuple(shift(u, layer) for u in mm.live[t]), tuple(shift(index[s], layer) for s in dst_edges[t]))
 
@@ -89,7 +90,8 @@ def _build_rows(ilp, mm: MemoryModel, keep_f: np.ndarray, keep_b: np.ndarray, sc
     kept_copies = defaultdict(list)
     for e, t, mat in mm.kept_copies:
         kept_copies[t].append((e, mat / scale))
-    acts = _chain(ilp, range(n), lambda t: [(t, mm.saved[t] / scale)], kept, "A", kept_copies.__getitem__)
+    acts = _chain(ilp, range(n), lambda t: [(k, vec / scale) for k, vec in mm.saved_terms(t)], kept, "A",
+                  kept_copies.__getitem__)
     by_use = defaultdict(list)
     for p in range(n):
         if mm.grad[p].any():

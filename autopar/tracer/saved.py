@@ -55,6 +55,7 @@ class Storage:
     roots: tuple  # per output (one for a single tensor): its storage root, None for a non-tensor
     saves: tuple  # roots of the storages the node saves for backward (also those an earlier node saved)
     private: int  # bytes the node saves that live in no graph value (statistics, masks, copies)
+    first: tuple = ()  # the roots of ``saves`` this node is the first to save, parameters and buffers apart
 
 
 def saved_bytes(gm: fx.GraphModule) -> dict[fx.Node, int]:
@@ -72,12 +73,13 @@ def saved_bytes(gm: fx.GraphModule) -> dict[fx.Node, int]:
             continue
         roots, private = saves if saves is not None else ((), 0)
         roots = sorted(roots, key=lambda r: (r[0].name, r[1] or 0))
-        node.meta["storage"] = Storage(tuple(None if r is None else _named(r) for r in replay.roots[node]),
-                                       tuple(_named(r) for r in roots), private)
+        first = []
         if saves is not None and node.op not in _NOT_OPS:
-            roots = [r for r in roots if r[0].op != "get_attr" and r not in counted]  # parameters: held anyway
-            out[node] = private + sum(replay.storage_bytes[r] for r in roots)
-            counted.update(roots)
+            first = [r for r in roots if r[0].op != "get_attr" and r not in counted]  # parameters: held anyway
+            out[node] = private + sum(replay.storage_bytes[r] for r in first)
+            counted.update(first)
+        node.meta["storage"] = Storage(tuple(None if r is None else _named(r) for r in replay.roots[node]),
+                                       tuple(_named(r) for r in roots), private, tuple(_named(r) for r in first))
     return out
 
 
