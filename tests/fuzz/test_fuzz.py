@@ -12,7 +12,6 @@ import collections
 
 import pytest
 
-from tests.fuzz.check import plan_checks
 from tests.fuzz.graphs import build, describe, random_graph
 
 CI_SEEDS = (*range(0, 64), 74)  # 74: the first seed past 63 with a tied linear (an embedding's weight read again)
@@ -65,13 +64,14 @@ def test_the_fixed_set_covers_the_menu_meshes_budgets_and_checkpointing():
 
 
 @pytest.mark.parametrize("seed", PLANNING_REGRESSIONS)
-def test_the_smallest_budget_an_error_states_fits(seed):
+def test_the_planning_regressions_are_budgeted_graphs_of_the_fixed_set(seed):
     """checkpoint='none' and module names: the error's smallest budget was stage 1's, which the plan's own
-    account (every saved copy, the regions) did not fit; now it is a plan's peak, and planning at it works."""
+    account (every saved copy, the regions) did not fit; now it is a plan's peak, and planning at it works.
+    The fixed set's run checks it (``plan_checks`` plans at the error's smallest budget for every budgeted
+    graph), so these seeds must stay budgeted graphs of that set with such a checkpoint option."""
     graph = random_graph(seed)
+    assert seed in CI_SEEDS or seed in REGRESSIONS
     assert graph.budget is not None and (graph.checkpoint == "none" or isinstance(graph.checkpoint, tuple))
-    budget, failure = plan_checks(graph, time_limit=10.0)
-    assert failure is None, f"{failure.line()}\n{describe(graph)}\n{failure.message}"
 
 
 def test_the_fixed_set_trains_with_the_single_device_numbers():
