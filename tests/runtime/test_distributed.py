@@ -33,3 +33,25 @@ def test_a_hung_rank_fails_at_the_timeout():
     with pytest.raises(DistributedTestError, match=r"ran past 10 s; ranks \[(0, )?1\]"):
         run_distributed(_hang_on_rank_one, 2, timeout=10)
     assert time.monotonic() - start < 25
+
+
+def _meshes_twice(rank, world_size):
+    import threading
+
+    from autopar import ClusterInfo
+    from autopar.runtime.mesh import RuntimeMesh
+
+    first = RuntimeMesh(ClusterInfo.preset("cpu:2x2"))
+    threads = threading.active_count(), len(__import__("os").listdir("/proc/self/task"))
+    again = [RuntimeMesh(ClusterInfo.preset("cpu:2x2")) for _ in range(5)]
+    dist.all_reduce(torch.ones(1), group=again[-1].group(1))  # a reused group still works
+    after = threading.active_count(), len(__import__("os").listdir("/proc/self/task"))
+    return [first.group(a) is m.group(a) for m in again for a in (0, 1)], threads, after
+
+
+def test_meshes_built_again_reuse_their_process_groups():
+    """Each gloo group starts threads of its own: a world that autoparallelizes model after model (the
+    fuzzer's) grew to 1,230 threads per rank. The same ranks under the same default group get the same group."""
+    for same, before, after in run_distributed(_meshes_twice, 4, timeout=120):
+        assert all(same)
+        assert after == before
