@@ -17,10 +17,11 @@ once per stage or region. A node the tracer could not replay keeps its strategy'
 key of its own.
 
 The ILP (``memory.py``) prices every storage the same way for its first saver (``Strategy.memory``,
-``cost_model.saved_local_bytes``), plus the saved copies of resharded parameters; it does not see
-that a later saver of one activation may save another resharded copy of it (a second key here), nor
-that a view between a saver and the storage's root may be resharded (the copy's bytes here, the
-root's there). tests/solver/test_saved_accounts.py compares the two over the zoo.
+``cost_model.saved_local_bytes``, a storage reached through views on its root's strategies), plus
+the copies on resharded edges of the way to what a node saves; it does not see that a later saver of
+one activation may save another copy of it (a second key here), and where a view chain is resharded it
+counts every copy on the way and keeps the root's term (here: the copy nearest the saver only), so it
+is above this account there, never below. tests/solver/test_saved_accounts.py compares the two.
 """
 from __future__ import annotations
 

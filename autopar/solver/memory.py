@@ -48,6 +48,7 @@ import numpy as np
 
 from autopar.solver.build import StrategyGraph, _edge_meta
 from autopar.solver.cost_model import OPTIMIZERS, local_bytes, saved_local_bytes, state_factors, view_saved_roots
+from autopar.tracer.meta import is_multi
 from autopar.tracer.ops import Prop, has
 
 CATEGORIES = ("params", "grads", "optimizer", "activations", "temporaries")
@@ -127,7 +128,7 @@ class MemoryModel:
                 for name, i in views:
                     root = by_name[name]
                     rt = root.meta["tensor"]
-                    rt = rt[i] if i is not None and isinstance(rt, tuple) and not hasattr(rt, "shape") else rt
+                    rt = rt[i] if i is not None and is_multi(rt) else rt
                     self.saved_views[k].append(
                         (index[root], np.array([local_bytes(rt, s.output, mesh) for s in root.meta["strategies"]])))
             if not has(op, Prop.VIEW | Prop.META):  # views and metadata reads hold no new bytes
