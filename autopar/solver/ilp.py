@@ -58,6 +58,7 @@ import pulp
 from autopar.cluster import ClusterInfo
 from autopar.errors import AutoparError, InfeasibleBudgetError
 from autopar.solver.build import StrategyGraph
+from autopar.solver.flow import Flow, add_flow, d_var, spec_flow, split_matrix
 from autopar.solver.memory import MemoryModel
 from autopar.solver.merge import Reduction, reduce
 from autopar.solver.plan import ShardingPlan, plan_from_choice
@@ -69,9 +70,12 @@ Restrict = Callable[[object, object], bool]  # (node, strategy) -> allowed
 
 
 def _solver(name: str, time_limit: float):
-    """(PuLP solver, its name): HiGHS (highspy) unless asked for CBC or HiGHS is missing."""
+    """(PuLP solver, its name): HiGHS (highspy) unless asked for CBC or HiGHS is missing.
+
+    HiGHS runs on one thread with a fixed seed: the same problem gives the same plan every run (the
+    problem's variables are in name order, PuLP's). Only a search stopped by the time limit can differ."""
     if name.lower() == "highs":
-        highs = pulp.HiGHS(msg=False, timeLimit=time_limit, gapRel=1e-6)
+        highs = pulp.HiGHS(msg=False, timeLimit=time_limit, gapRel=1e-6, threads=1, random_seed=0)
         if highs.available():
             return highs, "HiGHS"
     elif name.lower() != "cbc":
@@ -79,6 +83,19 @@ def _solver(name: str, time_limit: float):
     with warnings.catch_warnings():  # PuLP 3.3 warns that PULP_CBC_CMD moves in 4.0
         warnings.simplefilter("ignore", DeprecationWarning)
         return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=1e-6), "CBC"
+
+
+def proven_gap(prob: pulp.LpProblem, objective: float) -> tuple[float, float]:
+    """(relative gap, dual bound) HiGHS proved for the solve just run: ``(objective - bound) / objective``;
+    (0, objective) when the solver does not say (CBC) or the objective is 0."""
+    model = getattr(prob, "solverModel", None)
+    if model is None or not hasattr(model, "getInfo"):
+        return 0.0, objective
+    info = model.getInfo()
+    bound = float(info.mip_dual_bound)
+    if not np.isfinite(bound) or objective <= 0:
+        return (0.0, objective) if objective <= 0 or prob.sol_status == 1 else (float("inf"), bound)
+    return max(0.0, (objective - bound) / objective), bound
 
 
 def run_solver(prob: pulp.LpProblem, backend) -> int:
@@ -100,8 +117,8 @@ class Expr:
 class _Ilp:
     """The variables and linear expressions of one reduced problem (expressions as {var: coef} dicts)."""
 
-    def __init__(self, sg: StrategyGraph, red: Reduction, restrict: Restrict | None) -> None:
-        self.sg, self.red = sg, red
+    def __init__(self, sg: StrategyGraph, red: Reduction, restrict: Restrict | None, flows: bool = True) -> None:
+        self.sg, self.red, self.use_flows = sg, red, flows
         self.prob = pulp.LpProblem("autopar_sharding", pulp.LpMinimize)
         self.index = {v: k for k, v in enumerate(sg.nodes)}
         self.x: dict[int, list] = {}
@@ -110,6 +127,7 @@ class _Ilp:
             self.x[o] = [self.prob.add_variable(f"x{o}_{i}", 0, 1, cat=pulp.LpBinary) for i in range(n)]
             self.prob += pulp.LpAffineExpression([(v, 1) for v in self.x[o]]) == 1, f"onehot{o}"
         self.e: dict[tuple, list] = {}  # e-variables by (owner u, owner v, row groups, column groups)
+        self.flows: dict[tuple, Flow | None] = {}  # flow layouts (flow.py) by the same key + (shape, itemsize)
         self._edges: dict[int, tuple] = {}
         if restrict is not None:
             self._restrict(restrict)
@@ -174,9 +192,34 @@ class _Ilp:
         elif kind == "vec":
             o, vec = key, mat[a, b]
             into.vec[o] = into.vec[o] + vec if o in into.vec else vec.astype(float)
-        else:
+        elif kind == "mat":
             sub = mat[np.ix_(a, b)]
             into.mat[key] = into.mat[key] + sub if key in into.mat else sub.astype(float)
+        else:
+            self._flow_terms(t, mat, a, b, key, into)
+
+    def _flow_terms(self, t: int, mat: np.ndarray, rows: np.ndarray, cols: np.ndarray, key: tuple,
+                    into: Expr) -> None:
+        """``mat`` of edge t on its flow layout: arc costs, or copies as Y - d (flow.py)."""
+        flow, edge = self.flows[key], self.sg.edges[t]
+        kind, how = split_matrix(mat, edge.spec_cost)
+        ou, ov = key[0], key[1]
+        if kind == "cost":
+            coef = how * flow.cost
+            into.mat[key] = into.mat[key] + coef if key in into.mat else coef
+        elif kind == "copy":
+            vec = how[cols]
+            into.vec[ov] = into.vec[ov] + vec if ov in into.vec else vec.astype(float)
+            acc = into.mat.setdefault(("d",) + key, {})
+            made = set(flow.row_node[np.unique(rows)].tolist())
+            for g in np.unique(cols):
+                node = flow.col_node[g]
+                if how[g] and node in made:
+                    d = d_var(self.prob, flow, int(node), self.x[ou], rows, self.x[ov], cols)
+                    acc[d] = acc.get(d, 0.0) - float(how[g])
+        else:
+            raise AutoparError(f"internal: a matrix on the edge %{edge.src.name} -> %{edge.dst.name} is neither its "
+                               f"resharding cost nor its copies; please report this")
 
     def _edge_layout(self, t: int):
         """How edge t's matrix enters: a constant, a vector over one owner, or e-variables (key)."""
@@ -194,9 +237,38 @@ class _Ilp:
             return "vec", rows, cols, ou
         ra, ca = np.unique(rows), np.unique(cols)
         key = (ou, ov, rows.tobytes(), cols.tobytes())
+        if key not in self.e and self.use_flows and edge.forbidden is None and self.sg.reshard is not None \
+                and len(ra) * len(ca) > 64:
+            fkey = key + self._shape_key(edge)
+            if fkey not in self.flows:
+                self.flows[fkey] = self._flow(edge, ou, ov, rows, cols, ra, ca)
+            if self.flows[fkey] is not None:
+                return "flow", rows, cols, fkey
         if key not in self.e:
             self.e[key] = self._evars(ou, ov, rows, cols, ra, ca)
         return "mat", ra, ca, key
+
+    @staticmethod
+    def _shape_key(edge) -> tuple:
+        from autopar.solver.build import _edge_meta
+        from autopar.solver.cost_model import itemsize
+
+        tm, _ = _edge_meta(edge.src, edge.dst)
+        return tuple(int(n) for n in tm.shape), itemsize(tm.dtype)
+
+    def _flow(self, edge, ou, ov, rows, cols, ra, ca) -> Flow | None:
+        """The flow layout of an edge (flow.py) when it has fewer variables than the product form."""
+        shape, size = self._shape_key(edge)
+        outs = {int(edge.src_group[i]): s.output for i, s in enumerate(edge.src.meta["strategies"])}
+        wants = {int(edge.dst_group[j]): s.inputs[edge.index] for j, s in enumerate(edge.dst.meta["strategies"])}
+        row_specs, col_specs = {int(g): outs[int(g)] for g in ra}, {int(g): wants[int(g)] for g in ca}
+        if any(s is None for s in col_specs.values()):
+            return None
+        flow = spec_flow(len(self.flows), self.sg.reshard, shape, size, row_specs, col_specs)
+        if flow is None or flow.size() >= len(ra) * len(ca):
+            return None
+        add_flow(self.prob, flow, self.x[ou], rows, self.x[ov], cols)
+        return flow
 
     def terms(self, expr: Expr) -> list:
         """The (variable, coefficient) pairs of ``expr`` (its constant apart)."""
@@ -204,8 +276,13 @@ class _Ilp:
         for o, vec in expr.vec.items():
             out += [(x, float(c)) for x, c in zip(self.x[o], vec) if c]
         for key, sub in expr.mat.items():
-            e = self.e[key]
-            out += [(e[a][b], float(sub[a, b])) for a, b in zip(*np.nonzero(sub))]
+            if key[0] == "d":  # d-variables of a flow: {variable: coefficient}
+                out += [(d, c) for d, c in sub.items() if c]
+            elif key in self.flows:
+                out += [(f, float(c)) for f, c in zip(self.flows[key].arc_vars, sub) if c]
+            else:
+                e = self.e[key]
+                out += [(e[a][b], float(sub[a, b])) for a, b in zip(*np.nonzero(sub))]
         return out
 
     def _evars(self, ou, ov, rows, cols, ra, ca):
@@ -223,13 +300,14 @@ class _Ilp:
         return {o: int(np.argmax([v.varValue or 0.0 for v in xs])) for o, xs in self.x.items()}
 
     def num_variables(self) -> int:
-        return sum(len(xs) for xs in self.x.values()) + sum(len(e) * len(e[0]) for e in self.e.values())
+        flows = sum(len(f.arc_vars) + len(f.d_vars) for f in self.flows.values() if f is not None)
+        return sum(len(xs) for xs in self.x.values()) + sum(len(e) * len(e[0]) for e in self.e.values()) + flows
 
 
 def solve(strategy_graph: StrategyGraph, cluster: ClusterInfo, *, memory_budget: float | None = None,
           time_limit: float = 60, solver: str = "highs", optimizer: str = "adamw", merge: bool = True,
           share: bool = True, restrict: Restrict | None = None, memory: MemoryModel | None = None,
-          reduction: Reduction | None = None) -> ShardingPlan:
+          reduction: Reduction | None = None, flows: bool = True) -> ShardingPlan:
     """The cheapest plan under ``memory_budget`` bytes per device (default: the device memory; ``inf``:
     no budget). Returns the plan; writes nothing into the graph.
 
@@ -250,7 +328,7 @@ def solve(strategy_graph: StrategyGraph, cluster: ClusterInfo, *, memory_budget:
     if memory.bound(upper=False) > budget * (1 + 1e-9):
         smallest, note = min_budget(sg, red, memory, backend, restrict)
         raise InfeasibleBudgetError(budget, smallest, detail=note)
-    ilp = _Ilp(sg, red, restrict)
+    ilp = _Ilp(sg, red, restrict, flows)
     objective = Expr()
     for k, v in enumerate(sg.nodes):
         ilp.node_terms(k, np.array([s.compute_time + s.comm_time for s in v.meta["strategies"]]) * US, objective)
@@ -273,9 +351,11 @@ def solve(strategy_graph: StrategyGraph, cluster: ClusterInfo, *, memory_budget:
         values, status = found[0], 2
         label = "feasible (time limit; the plan needing least memory)"
     choice = red.choice(values)
+    objective_us = float(pulp.value(ilp.prob.objective) or 0.0) if ilp.x else 0.0
+    gap, bound = proven_gap(ilp.prob, objective_us) if ilp.x and status in (1, 2) else (0.0, objective_us)
     stats = IlpStats(nodes=len(sg.nodes), owners=len(ilp.x), merged=red.merged, tied=red.tied, repeats=red.repeats,
                      variables=ilp.num_variables(), memory_rows=rows, constraints=ilp.prob.numConstraints(),
                      sol_status=status, optimizer=memory.optimizer,
-                     objective=float(pulp.value(ilp.prob.objective) or 0.0) / US if ilp.x else 0.0)
+                     objective=objective_us / US, gap=gap if status == 2 else 0.0, bound=bound / US)
     return plan_from_choice(sg, cluster, choice, memory.peak(choice), budget, backend_name, label,
                             time.perf_counter() - start, stats)
