@@ -27,14 +27,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pulp
 
 
 @dataclass
 class Flow:
     """The flow variables of one edge layout: arcs of the spec graph, then one d per common spec."""
 
-    tag: int  # names the variables: f{tag}_{arc}, d{tag}_{spec}
+    tag: int  # the layout's number in the ILP
     heads: np.ndarray  # arc -> node it leaves
     tails: np.ndarray  # arc -> node it enters
     cost: np.ndarray  # arc -> seconds
@@ -42,6 +41,7 @@ class Flow:
     col_node: np.ndarray  # column group -> node (the spec it wants); -1 likewise
     arc_vars: list = field(default_factory=list)
     d_vars: dict = field(default_factory=dict)  # node -> d variable (made when a memory row needs it)
+    members: tuple | None = None  # (node -> x of u making it, node -> x of v wanting it), for the d rows
 
     def size(self) -> int:
         return len(self.heads) + len(set(self.row_node[self.row_node >= 0]) & set(self.col_node[self.col_node >= 0]))
@@ -103,10 +103,9 @@ def _reaching(n: int, arcs, targets) -> np.ndarray:
     return seen
 
 
-def add_flow(prob: pulp.LpProblem, flow: Flow, x_u: list, rows: np.ndarray, x_v: list, cols: np.ndarray) -> None:
+def add_flow(prob, flow: Flow, x_u: list, rows: np.ndarray, x_v: list, cols: np.ndarray) -> None:
     """The arc variables and one conservation row per spec: out - in - X_s + Y_s = 0 (module docstring)."""
-    t = flow.tag
-    flow.arc_vars = [prob.add_variable(f"f{t}_{r}", 0, None) for r in range(len(flow.heads))]
+    flow.arc_vars = prob.add_variables(len(flow.heads), 0, None)
     n = int(max(flow.heads.max(initial=-1), flow.tails.max(initial=-1), flow.row_node.max(), flow.col_node.max())) + 1
     terms: list[list] = [[] for _ in range(n)]
     for var, h, tl in zip(flow.arc_vars, flow.heads, flow.tails):
@@ -116,19 +115,22 @@ def add_flow(prob: pulp.LpProblem, flow: Flow, x_u: list, rows: np.ndarray, x_v:
         terms[flow.row_node[g]].append((x, -1.0))
     for x, g in zip(x_v, cols):
         terms[flow.col_node[g]].append((x, 1.0))
-    for s, row in enumerate(terms):
-        prob += pulp.LpAffineExpression(row) == 0, f"flow{t}_{s}"
+    for row in terms:
+        prob.add_row(row, 0, 0)
 
 
-def d_var(prob: pulp.LpProblem, flow: Flow, node: int, x_u: list, rows: np.ndarray, x_v: list, cols: np.ndarray):
+def d_var(prob, flow: Flow, node: int, x_u: list, rows: np.ndarray, x_v: list, cols: np.ndarray) -> int:
     """d_s for spec node s, made on first use with d_s <= X_s and d_s <= Y_s."""
     if node not in flow.d_vars:
-        d = prob.add_variable(f"d{flow.tag}_{node}", 0, 1)
-        t = flow.tag
-        prob += pulp.LpAffineExpression([(d, 1.0)] + [(x, -1.0) for x, g in zip(x_u, rows)
-                                                      if flow.row_node[g] == node]) <= 0, f"du{t}_{node}"
-        prob += pulp.LpAffineExpression([(d, 1.0)] + [(x, -1.0) for x, g in zip(x_v, cols)
-                                                      if flow.col_node[g] == node]) <= 0, f"dv{t}_{node}"
+        if flow.members is None:  # spec node -> the owners' strategies that make / want it
+            flow.members = ({}, {})
+            for x, g in zip(x_u, rows):
+                flow.members[0].setdefault(int(flow.row_node[g]), []).append(x)
+            for x, g in zip(x_v, cols):
+                flow.members[1].setdefault(int(flow.col_node[g]), []).append(x)
+        d = prob.add_variable(0, 1)
+        for side in flow.members:
+            prob.add_row([(d, 1.0)] + [(x, -1.0) for x in side.get(node, [])], -np.inf, 0)
         flow.d_vars[node] = d
     return flow.d_vars[node]
 

@@ -53,12 +53,12 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-import pulp
 
 from autopar.cluster import ClusterInfo
 from autopar.errors import AutoparError, InfeasibleBudgetError
 from autopar.solver.build import StrategyGraph
 from autopar.solver.flow import Flow, add_flow, d_var, spec_flow, split_matrix
+from autopar.solver.lp import Model
 from autopar.solver.memory import MemoryModel
 from autopar.solver.merge import Reduction, reduce
 from autopar.solver.plan import ShardingPlan, plan_from_choice
@@ -70,39 +70,40 @@ Restrict = Callable[[object, object], bool]  # (node, strategy) -> allowed
 
 
 def _solver(name: str, time_limit: float):
-    """(PuLP solver, its name): HiGHS (highspy) unless asked for CBC or HiGHS is missing.
+    """(backend, its name): HiGHS (highspy; its options) unless asked for CBC (a PuLP solver) or HiGHS is missing.
 
-    HiGHS runs on one thread with a fixed seed: the same problem gives the same plan every run (the
-    problem's variables are in name order, PuLP's). Only a search stopped by the time limit can differ."""
+    HiGHS runs on one thread with a fixed seed, on a model whose variables are in creation order (lp.py):
+    the same problem gives the same plan every run. Only a search stopped by the time limit can differ."""
     if name.lower() == "highs":
-        highs = pulp.HiGHS(msg=False, timeLimit=time_limit, gapRel=1e-6, threads=1, random_seed=0)
-        if highs.available():
-            return highs, "HiGHS"
+        try:
+            import highspy  # noqa: F401
+            return {"time_limit": float(time_limit), "mip_rel_gap": 1e-6, "threads": 1, "random_seed": 0}, "HiGHS"
+        except ImportError:
+            pass
     elif name.lower() != "cbc":
         raise ValueError(f"unknown solver {name!r}; use 'highs' or 'cbc'")
+    import pulp
+
     with warnings.catch_warnings():  # PuLP 3.3 warns that PULP_CBC_CMD moves in 4.0
         warnings.simplefilter("ignore", DeprecationWarning)
         return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=1e-6), "CBC"
 
 
-def proven_gap(prob: pulp.LpProblem, objective: float) -> tuple[float, float]:
-    """(relative gap, dual bound) HiGHS proved for the solve just run: ``(objective - bound) / objective``;
-    (0, objective) when the solver does not say (CBC) or the objective is 0."""
-    model = getattr(prob, "solverModel", None)
-    if model is None or not hasattr(model, "getInfo"):
+def proven_gap(prob: Model, objective: float) -> tuple[float, float]:
+    """(relative gap, dual bound) the solver proved for the solve just run: ``(objective - bound) / objective``;
+    (0, objective) when optimal, when the solver does not say (CBC) or when the objective is 0; (inf, 0) when
+    a time limit stopped the search without a bound."""
+    if prob.sol_status == 1 or objective <= 0:
         return 0.0, objective
-    info = model.getInfo()
-    bound = float(info.mip_dual_bound)
-    if not np.isfinite(bound) or objective <= 0:
-        return (0.0, objective) if objective <= 0 or prob.sol_status == 1 else (float("inf"), bound)
-    return max(0.0, (objective - bound) / objective), bound
+    if prob.bound is None:
+        return float("inf"), 0.0
+    return max(0.0, (objective - prob.bound) / objective), prob.bound
 
 
-def run_solver(prob: pulp.LpProblem, backend) -> int:
-    """Solve with the C-level stdout silenced (highspy prints a banner even with msg=False); sol_status."""
+def run_solver(prob: Model, backend) -> int:
+    """Solve with the C-level stdout silenced (highspy prints a banner even with output off); sol_status."""
     with quiet_stdout():
-        prob.solve(backend)
-    return prob.sol_status
+        return prob.solve_highs(backend) if isinstance(backend, dict) else prob.solve_pulp(backend)
 
 
 class Expr:
@@ -119,13 +120,13 @@ class _Ilp:
 
     def __init__(self, sg: StrategyGraph, red: Reduction, restrict: Restrict | None, flows: bool = True) -> None:
         self.sg, self.red, self.use_flows = sg, red, flows
-        self.prob = pulp.LpProblem("autopar_sharding", pulp.LpMinimize)
+        self.prob = Model("autopar_sharding")
         self.index = {v: k for k, v in enumerate(sg.nodes)}
         self.x: dict[int, list] = {}
         for o in red.owners():
             n = len(sg.nodes[o].meta["strategies"])
-            self.x[o] = [self.prob.add_variable(f"x{o}_{i}", 0, 1, cat=pulp.LpBinary) for i in range(n)]
-            self.prob += pulp.LpAffineExpression([(v, 1) for v in self.x[o]]) == 1, f"onehot{o}"
+            self.x[o] = [self.prob.add_variable(0, 1, binary=True) for i in range(n)]
+            self.prob.add_row([(v, 1) for v in self.x[o]], 1, 1)
         self.e: dict[tuple, list] = {}  # e-variables by (owner u, owner v, row groups, column groups)
         self.flows: dict[tuple, Flow | None] = {}  # flow layouts (flow.py) by the same key + (shape, itemsize)
         self._edges: dict[int, tuple] = {}
@@ -150,11 +151,11 @@ class _Ilp:
             elif kind == "vec":
                 for var, bad in zip(self.x[key], np.broadcast_to(edge.forbidden[a, b], (len(self.x[key]),))):
                     if bad:
-                        var.upBound = 0
+                        self.prob.ub[var] = 0
             else:
                 sub = edge.forbidden[np.ix_(a, b)]
                 for i, j in zip(*np.nonzero(sub)):
-                    self.e[key][i][j].upBound = 0
+                    self.prob.ub[self.e[key][i][j]] = 0
 
     def _restrict(self, allowed: Restrict) -> None:
         """Forbid (x = 0) owner strategies under which some member node runs a disallowed strategy."""
@@ -170,7 +171,7 @@ class _Ilp:
             if mask.any():
                 for var, keep in zip(self.x[o], mask):
                     if not keep:
-                        var.upBound = 0
+                        self.prob.ub[var] = 0
 
     def node_terms(self, k: int, vec: np.ndarray, into: Expr) -> None:
         """Add ``vec[choice[k]]`` to ``into``."""
@@ -286,18 +287,17 @@ class _Ilp:
         return out
 
     def _evars(self, ou, ov, rows, cols, ra, ca):
-        t = len(self.e)
-        e = [[self.prob.add_variable(f"e{t}_{a}_{b}", 0, 1) for b in range(len(ca))] for a in range(len(ra))]
+        e = [self.prob.add_variables(len(ca), 0, 1) for a in range(len(ra))]
         for a, g in enumerate(ra):  # sum_b e[a, b] = sum_{i in a} x_u[i]
             group = [(x, -1) for x, r in zip(self.x[ou], rows) if r == g]
-            self.prob += pulp.LpAffineExpression([(y, 1) for y in e[a]] + group) == 0, f"mu{t}_{a}"
+            self.prob.add_row([(y, 1) for y in e[a]] + group, 0, 0)
         for b, g in enumerate(ca):  # sum_a e[a, b] = sum_{j in b} x_v[j]
             group = [(x, -1) for x, c in zip(self.x[ov], cols) if c == g]
-            self.prob += pulp.LpAffineExpression([(e[a][b], 1) for a in range(len(ra))] + group) == 0, f"mv{t}_{b}"
+            self.prob.add_row([(e[a][b], 1) for a in range(len(ra))] + group, 0, 0)
         return e
 
     def values(self) -> dict[int, int]:
-        return {o: int(np.argmax([v.varValue or 0.0 for v in xs])) for o, xs in self.x.items()}
+        return {o: int(np.argmax([self.prob.val(v) for v in xs])) for o, xs in self.x.items()}
 
     def num_variables(self) -> int:
         flows = sum(len(f.arc_vars) + len(f.d_vars) for f in self.flows.values() if f is not None)
@@ -335,7 +335,7 @@ def solve(strategy_graph: StrategyGraph, cluster: ClusterInfo, *, memory_budget:
     for t, edge in enumerate(sg.edges):
         ilp.edge_terms(t, edge.spec_cost * US, objective)
     rows = add_memory_rows(ilp, memory, budget)
-    ilp.prob += pulp.LpAffineExpression(ilp.terms(objective), constant=objective.const)
+    ilp.prob.set_objective(ilp.terms(objective), objective.const)
     status = run_solver(ilp.prob, backend) if ilp.x else 1
     label = STATUS.get(status, str(status))
     values = ilp.values()
@@ -351,7 +351,7 @@ def solve(strategy_graph: StrategyGraph, cluster: ClusterInfo, *, memory_budget:
         values, status = found[0], 2
         label = "feasible (time limit; the plan needing least memory)"
     choice = red.choice(values)
-    objective_us = float(pulp.value(ilp.prob.objective) or 0.0) if ilp.x else 0.0
+    objective_us = ilp.prob.objective_value if ilp.x else 0.0
     gap, bound = proven_gap(ilp.prob, objective_us) if ilp.x and status in (1, 2) else (0.0, objective_us)
     stats = IlpStats(nodes=len(sg.nodes), owners=len(ilp.x), merged=red.merged, tied=red.tied, repeats=red.repeats,
                      variables=ilp.num_variables(), memory_rows=rows, constraints=ilp.prob.numConstraints(),
