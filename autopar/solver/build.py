@@ -63,6 +63,7 @@ class StrategyGraph:
     # the shape consistency manager that priced the edges (None for another ``reshard_cost``): its spec graph
     # lets the ILP pose a large edge as a flow (flow.py)
     reshard: object | None = None
+    flow_graphs: dict = field(default_factory=dict)  # flow.py's spec graphs, memoised across solves
 
     def strategies(self, node: fx.Node) -> list[Strategy]:
         return node.meta["strategies"]

@@ -17,10 +17,13 @@ variable per arc of G (specs reachable from u's and reaching v's) instead of one
 
 Memory rows price "the copy made when the specs differ", ``M[a, b] = w_b`` for a != b and 0 for a = b:
 
-    sum_b w_b (Y_b - d_b),   0 <= d_s <= X_s,  d_s <= Y_s   (s a spec both ends can take)
+    sum_b w_b (Y_b - d_b),   0 <= d_s <= X_s,  d_s <= Y_s,
+                             out_s >= X_s - d_s,  in_s >= Y_s - d_s   (s a spec both ends can take)
 
 With x binary d_s = 0 unless a = b = s, where d_s = 1 is allowed (it lowers every memory row and costs
-nothing), so the rows admit exactly the plans the product form admits. Other matrices keep e-variables.
+nothing), so the rows admit exactly the plans the product form admits. The last two rows (what does not
+stay at s travels) are implied for binary x and tighten the LP, as the product form's diagonal e[s, s]
+does: without them a budgeted solve branched several times longer. Other matrices keep e-variables.
 """
 from __future__ import annotations
 
@@ -129,8 +132,12 @@ def d_var(prob, flow: Flow, node: int, x_u: list, rows: np.ndarray, x_v: list, c
             for x, g in zip(x_v, cols):
                 flow.members[1].setdefault(int(flow.col_node[g]), []).append(x)
         d = prob.add_variable(0, 1)
-        for side in flow.members:
-            prob.add_row([(d, 1.0)] + [(x, -1.0) for x in side.get(node, [])], -np.inf, 0)
+        for side, arcs in zip(flow.members, (flow.heads, flow.tails)):
+            members = [(x, -1.0) for x in side.get(node, [])]
+            prob.add_row([(d, 1.0)] + members, -np.inf, 0)  # d_s <= X_s (Y_s)
+            # what does not stay leaves (arrives) on arcs: out_s >= X_s - d_s, in_s >= Y_s - d_s
+            prob.add_row([(flow.arc_vars[r], 1.0) for r in np.flatnonzero(arcs == node)] + [(d, 1.0)] + members,
+                         0, np.inf)
         flow.d_vars[node] = d
     return flow.d_vars[node]
 

@@ -96,6 +96,14 @@ class MemoryModel:
         self.out = [z.copy() for z in zeros]
         self.needs_grad = np.zeros(n, dtype=bool)
         self.last_use = np.arange(n)
+        memo: dict = {}  # repeated layers share Strategy objects (strategies.memoised_strategies): bytes once
+
+        def out_bytes(tm, strategies) -> np.ndarray:
+            key = (id(strategies[0]), len(strategies), _shape_key(tm))
+            if key not in memo:
+                memo[key] = np.array([local_bytes(tm, s.output, mesh) for s in strategies])
+            return memo[key]
+
         for k, v in enumerate(nodes):
             users = [index[u] for u in v.users if u in index]
             self.last_use[k] = max(users, default=k)
@@ -105,16 +113,15 @@ class MemoryModel:
             if v.op == "get_attr" or op in ("param", "buffer"):
                 trainable = op == "param" and getattr(tm, "requires_grad", True)
                 fp, fg, fo = state_factors(tm.dtype, optimizer) if trainable else (1.0, 0.0, 0.0)
-                for i, s in enumerate(strategies):
-                    elems = local_bytes(tm, s.output, mesh) / tm.dtype.itemsize
-                    self.param[k][i], self.grad[k][i], self.opt[k][i] = fp * elems, fg * elems, fo * elems
+                elems = out_bytes(tm, strategies) / tm.dtype.itemsize
+                self.param[k], self.grad[k], self.opt[k] = fp * elems, fg * elems, fo * elems
                 continue
             if tm is None or v.op == "output":
                 continue
             if v.op != "placeholder":
                 self.saved[k] = np.array([s.memory for s in strategies])
             if not has(op, Prop.VIEW | Prop.META):  # views and metadata reads hold no new bytes
-                self.out[k] = np.array([local_bytes(tm, s.output, mesh) for s in strategies])
+                self.out[k] = out_bytes(tm, strategies)
             metas = [t for t in tm if t is not None] if isinstance(tm, tuple) and not hasattr(tm, "shape") else [tm]
             self.needs_grad[k] = any(t.requires_grad for t in metas)
         self.copies: list[tuple[int, int, np.ndarray]] = []
@@ -213,6 +220,13 @@ class MemoryModel:
         """A bound on the peak of any plan (upper: no plan exceeds it; lower: none goes below it)."""
         fwd, bwd = self.step_bounds(upper)
         return float(max(fwd.max(initial=0.0), bwd.max(initial=0.0)))
+
+
+def _shape_key(tm) -> tuple:
+    """A hashable key of a tensor's (or a tuple of tensors') shape and dtype."""
+    if isinstance(tm, tuple) and not hasattr(tm, "shape"):
+        return tuple(_shape_key(t) if t is not None else None for t in tm)
+    return tuple(tm.shape), tm.dtype
 
 
 def _param_rooted(node, graph_nodes) -> bool:
