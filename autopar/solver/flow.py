@@ -109,17 +109,15 @@ def _reaching(n: int, arcs, targets) -> np.ndarray:
 def add_flow(prob, flow: Flow, x_u: list, rows: np.ndarray, x_v: list, cols: np.ndarray) -> None:
     """The arc variables and one conservation row per spec: out - in - X_s + Y_s = 0 (module docstring)."""
     flow.arc_vars = prob.add_variables(len(flow.heads), 0, None)
-    n = int(max(flow.heads.max(initial=-1), flow.tails.max(initial=-1), flow.row_node.max(), flow.col_node.max())) + 1
-    terms: list[list] = [[] for _ in range(n)]
-    for var, h, tl in zip(flow.arc_vars, flow.heads, flow.tails):
-        terms[h].append((var, 1.0))
-        terms[tl].append((var, -1.0))
-    for x, g in zip(x_u, rows):
-        terms[flow.row_node[g]].append((x, -1.0))
-    for x, g in zip(x_v, cols):
-        terms[flow.col_node[g]].append((x, 1.0))
-    for row in terms:
-        prob.add_row(row, 0, 0)
+    arcs = np.array(flow.arc_vars, dtype=np.int64)
+    node = np.concatenate([flow.heads, flow.tails, flow.row_node[rows], flow.col_node[cols]])
+    var = np.concatenate([arcs, arcs, np.asarray(x_u, dtype=np.int64), np.asarray(x_v, dtype=np.int64)])
+    coef = np.concatenate([np.ones(len(arcs)), -np.ones(len(arcs)), -np.ones(len(x_u)), np.ones(len(x_v))])
+    order = np.argsort(node, kind="stable")
+    node, var, coef = node[order], var[order].tolist(), coef[order].tolist()
+    bounds = np.flatnonzero(np.diff(node)) + 1
+    for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(node)]):
+        prob.add_row(list(zip(var[a:b], coef[a:b])), 0, 0)
 
 
 def d_var(prob, flow: Flow, node: int, x_u: list, rows: np.ndarray, x_v: list, cols: np.ndarray) -> int:

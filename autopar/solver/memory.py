@@ -131,10 +131,14 @@ class MemoryModel:
             tm, whole = _edge_meta(edge.src, edge.dst)
             if tm is None or whole:
                 continue
-            wants = {}
-            for j, s in enumerate(edge.dst.meta["strategies"]):
-                wants.setdefault(int(edge.dst_group[j]), s.inputs[edge.index])
-            col = np.array([local_bytes(tm, wants[b], mesh) for b in range(edge.spec_cost.shape[1])])
+            dst = edge.dst.meta["strategies"]
+            key = (id(dst[0]), len(dst), edge.index, _shape_key(tm))
+            if key not in memo:  # a repeated layer's edge: the same bytes per wanted spec
+                wants = {}
+                for j, s in enumerate(dst):
+                    wants.setdefault(int(edge.dst_group[j]), s.inputs[edge.index])
+                memo[key] = np.array([local_bytes(tm, wants[b], mesh) for b in range(edge.spec_cost.shape[1])])
+            col = memo[key]
             mat = np.where(edge.spec_cost > 0, col[None, :], 0.0)
             if mat.any():
                 self.copies.append((e, index[edge.dst], mat))
