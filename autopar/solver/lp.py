@@ -49,8 +49,14 @@ class Model:
 
     def add_row(self, terms, lo: float, hi: float) -> None:
         """``lo <= sum coef * var <= hi`` (``terms``: (variable, coefficient) pairs; repeats add up)."""
-        self.row_idx.append([v for v, _ in terms])
-        self.row_val.append([float(c) for _, c in terms])
+        idx, val = [v for v, _ in terms], [float(c) for _, c in terms]
+        if len(set(idx)) < len(idx):  # HiGHS takes one entry per (row, column): add repeats up
+            merged: dict[int, float] = {}
+            for v, c in zip(idx, val):
+                merged[v] = merged.get(v, 0.0) + c
+            idx, val = list(merged), list(merged.values())
+        self.row_idx.append(idx)
+        self.row_val.append(val)
         self.row_lo.append(float(lo))
         self.row_hi.append(float(hi))
 
@@ -132,10 +138,12 @@ class Model:
         h.setOptionValue("presolve", presolve)
         h.setOptionValue("time_limit", max(limit - (time.perf_counter() - start), 1.0))
         if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            h.clearSolver()  # the MIP starts afresh, not from this LP's state
             return False
         value = np.array(h.getSolution().col_value)
         ints = value[np.array(self.integer)]
         if np.abs(ints - np.round(ints)).max(initial=0.0) > 1e-7:
+            h.clearSolver()
             return False
         self.value, self.sol_status, self.gap = value, 1, 0.0
         self.objective_value = float(h.getInfo().objective_function_value)
