@@ -5,8 +5,9 @@
 Every model is built from its config on ``meta`` (no weights, no downloads) through ``autopar.zoo``.
 The model's construction is not counted: ``trace`` is tracing and profiling the graph, ``strategies``
 is ``build_strategies`` (candidates + resharding matrices), ``solve`` is the ILP (reductions, memory
-rows, HiGHS), ``memory`` is the plan's per-device Timeline (what ``autopar.plan`` adds to check the
-budget with every saved copy counted), all on one process. Prints a table and writes JSON.
+rows, HiGHS; ``gap``: the relative gap it proved, 0 when optimal), ``memory`` is the plan's per-device
+Timeline (what ``autopar.plan`` adds to check the budget with every saved copy counted), all on one
+process. Prints a table and writes JSON.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ CASES = [  # (name, zoo model, size, cluster preset)
     ("gpt2-124m", "gpt2", "124m", "2x4xH100"),
     ("llama-7b", "llama", "7b", "8x8xH100"),
     ("llama-70b", "llama", "70b", "8x8x8xH100"),
+    ("llama-405b", "llama", "405b", "16x8x8xH100"),  # 1024 devices
 ]
 
 
@@ -55,7 +57,7 @@ def run_case(name: str, model: str, size: str, preset: str, time_limit: float) -
         row["timeline_peak_gib"] = timeline.peak / 2**30
         row.update(status=plan.status, step_time_s=plan.step_time, peak_gib=plan.peak_memory / 2**30,
                    **{k: getattr(plan.stats, k)
-                      for k in ("variables", "constraints", "owners", "merged", "tied", "memory_rows")})
+                      for k in ("variables", "constraints", "owners", "merged", "tied", "memory_rows", "gap")})
     except Exception as exc:  # report how far it got
         row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     row["total_s"] = sum(row.get(k, 0.0) for k in ("trace_s", "strategies_s", "solve_s", "memory_s"))
@@ -70,7 +72,12 @@ def _fmt(row: dict) -> str:
             f"{t('solve_s'):>6} {t('memory_s'):>6} {t('total_s'):>6} "
             f"{row.get('nodes', '-'):>6} {row.get('owners', '-'):>6} "
             f"{row.get('variables', '-'):>8} {row.get('constraints', '-'):>7} {row.get('memory_rows', '-'):>5} "
-            f"{row.get('status', row.get('error', row['stage']))}")
+            f"{_gap(row):>6} {row.get('status', row.get('error', row['stage']))}")
+
+
+def _gap(row: dict) -> str:
+    """The proven relative gap of the ILP (0 % when optimal)."""
+    return f"{100 * row['gap']:.2f}%" if "gap" in row else "-"
 
 
 def main() -> None:
@@ -82,7 +89,7 @@ def main() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     cases = [c for c in CASES if not args.only or c[0] in args.only.split(",")]
     print(f"{'case':<10} {'mesh':<11} {'params':>7} {'trace':>6} {'strat':>6} {'solve':>6} {'memory':>6} {'total':>6} "
-          f"{'nodes':>6} {'owners':>6} {'ILP vars':>8} {'rows':>7} {'mem':>5} status   (seconds)")
+          f"{'nodes':>6} {'owners':>6} {'ILP vars':>8} {'rows':>7} {'mem':>5} {'gap':>6} status   (seconds)")
     rows = []
     for case in cases:
         rows.append(run_case(*case, time_limit=args.time_limit))

@@ -24,6 +24,14 @@ def _budget(n: float) -> str:
     return "no budget" if n == float("inf") else human_bytes(n)
 
 
+def _gap(plan) -> str:
+    """``, proven gap 0.42 %`` when the time limit stopped the search (sol_status 2), else nothing."""
+    stats = plan.stats
+    if stats.sol_status != 2 or stats.objective <= 0:
+        return ""
+    return f", proven gap {100 * stats.gap:.2f} %" if stats.gap != float("inf") else ", gap unknown (no bound)"
+
+
 def _shape(shape) -> str:
     if shape is None:
         return "-"
@@ -108,7 +116,7 @@ def plan_table(plan) -> str:
         f"ShardingPlan on {plan.cluster}",
         f"sharding alone: step time {human_time(plan.step_time)}, peak memory {human_bytes(plan.peak_memory)} per "
         f"device by stage 1's liveness (solved under {_budget(plan.memory_budget)}); solver {plan.solver}: "
-        f"{plan.status} in {human_time(plan.solve_time)}",
+        f"{plan.status}{_gap(plan)} in {human_time(plan.solve_time)}",
         *_memory_lines(plan),
         "",
         fmt(head), rule, *[fmt(r) for r in rows[:-1]], rule, fmt(rows[-1]),

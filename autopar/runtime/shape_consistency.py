@@ -132,6 +132,19 @@ class ShapeConsistencyManager:
         self._plans[key] = tuple(reversed(steps))
         return self._plans[key]
 
+    def arcs(self, spec: ShardingSpec, shape: tuple[int, ...], itemsize: int) -> list[tuple[float, ShardingSpec]]:
+        """The single CommSteps out of ``spec`` as (forward + backward seconds, the spec reached): the arcs of
+        the graph whose shortest paths ``cost`` measures (solver/flow.py poses an edge as a flow on them)."""
+        return [(seconds, step.dst) for seconds, step in self._steps(spec, shape, itemsize)]
+
+    def _steps(self, spec: ShardingSpec, shape: tuple[int, ...], itemsize: int) -> list[tuple[float, CommStep]]:
+        """The single CommSteps out of ``spec`` with their seconds, cached per (shape, itemsize)."""
+        edges = self._edges.setdefault((shape, itemsize), {})
+        if spec not in edges:
+            full_bytes = math.prod(shape) * itemsize
+            edges[spec] = [(self._step_cost(st, full_bytes), st) for st in self._neighbours(spec, shape)]
+        return edges[spec]
+
     def _tree(self, src: ShardingSpec, shape: tuple[int, ...], itemsize: int) -> tuple[dict, dict]:
         """Dijkstra from ``src``: (seconds to every reachable spec, the last step on its cheapest path)."""
         key = (src, shape, itemsize)
@@ -140,8 +153,6 @@ class ShapeConsistencyManager:
         if src.ndim != len(shape) or not src.fits(shape, self.mesh_shape):
             raise ValueError(f"source spec {src} does not fit shape {shape} on mesh {self.mesh_shape}: every "
                              f"mesh axis must exist and every split dim must divide evenly")
-        full_bytes = math.prod(shape) * itemsize
-        edges = self._edges.setdefault((shape, itemsize), {})
         dist: dict[ShardingSpec, float] = {src: 0.0}
         prev: dict[ShardingSpec, CommStep] = {}
         tie = itertools.count()  # specs are not orderable: break cost ties by discovery order
@@ -152,9 +163,7 @@ class ShapeConsistencyManager:
             if spec in done:
                 continue
             done.add(spec)
-            if spec not in edges:
-                edges[spec] = [(self._step_cost(st, full_bytes), st) for st in self._neighbours(spec, shape)]
-            for seconds, step in edges[spec]:
+            for seconds, step in self._steps(spec, shape, itemsize):
                 nd = d + seconds
                 if nd < dist.get(step.dst, math.inf):
                     dist[step.dst] = nd

@@ -60,6 +60,10 @@ class StrategyGraph:
     cluster: ClusterInfo
     nodes: list[fx.Node]
     edges: list[Edge] = field(default_factory=list)
+    # the shape consistency manager that priced the edges (None for another ``reshard_cost``): its spec graph
+    # lets the ILP pose a large edge as a flow (flow.py)
+    reshard: object | None = None
+    flow_graphs: dict = field(default_factory=dict)  # flow.py's spec graphs, memoised across solves
 
     def strategies(self, node: fx.Node) -> list[Strategy]:
         return node.meta["strategies"]
@@ -75,10 +79,12 @@ def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: 
     ``pricing``: the optimizer whose state each parameter strategy carries and the gradient chunk size
     (``cost_model.Pricing``, from PlanOptions); ``bar(label,
     done, total)``, when given, is told the progress over the nodes."""
+    manager = None
     if reshard_cost is None:
         from autopar.runtime.shape_consistency import ShapeConsistencyManager
 
-        reshard_cost = ShapeConsistencyManager(cluster).cost
+        manager = ShapeConsistencyManager(cluster)
+        reshard_cost = manager.cost
     pricing = pricing if pricing is not None else Pricing()
     nodes = list(gm.graph.nodes)
     memo: dict = {}  # repeated layers: each distinct op signature is enumerated and priced once
@@ -87,7 +93,7 @@ def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: 
         node.meta["strategies"] = memoised_strategies(node, cluster, memo, pricing)
         if bar is not None and (k % step == 0 or k == len(nodes) - 1):
             bar("strategies", k + 1, len(nodes))
-    graph = StrategyGraph(gm, cluster, nodes)
+    graph = StrategyGraph(gm, cluster, nodes, reshard=manager)
     cache: dict = {}  # repeated layers ask for the same (specs, shape) matrices again and again
     for node in nodes:
         for k, src in enumerate(node.all_input_nodes):

@@ -104,6 +104,14 @@ class MemoryModel:
         self.out = [z.copy() for z in zeros]
         self.needs_grad = np.zeros(n, dtype=bool)
         self.last_use = np.arange(n)
+        memo: dict = {}  # repeated layers share Strategy objects (strategies.memoised_strategies): bytes once
+
+        def out_bytes(tm, strategies) -> np.ndarray:
+            key = (id(strategies[0]), len(strategies), _shape_key(tm))
+            if key not in memo:
+                memo[key] = np.array([local_bytes(tm, s.output, mesh) for s in strategies])
+            return memo[key]
+
         for k, v in enumerate(nodes):
             users = [index[u] for u in v.users if u in index]
             self.last_use[k] = max(users, default=k)
@@ -113,9 +121,8 @@ class MemoryModel:
             if v.op == "get_attr" or op in ("param", "buffer"):
                 trainable = op == "param" and getattr(tm, "requires_grad", True)
                 fp, fg, fo = state_factors(tm.dtype, optimizer) if trainable else (1.0, 0.0, 0.0)
-                for i, s in enumerate(strategies):
-                    elems = local_bytes(tm, s.output, mesh) / tm.dtype.itemsize
-                    self.param[k][i], self.grad[k][i], self.opt[k][i] = fp * elems, fg * elems, fo * elems
+                elems = out_bytes(tm, strategies) / tm.dtype.itemsize
+                self.param[k], self.grad[k], self.opt[k] = fp * elems, fg * elems, fo * elems
                 continue
             if tm is None or v.op == "output":
                 continue
@@ -132,7 +139,7 @@ class MemoryModel:
                     self.saved_views[k].append(
                         (index[root], np.array([local_bytes(rt, s.output, mesh) for s in root.meta["strategies"]])))
             if not has(op, Prop.VIEW | Prop.META):  # views and metadata reads hold no new bytes
-                self.out[k] = np.array([local_bytes(tm, s.output, mesh) for s in strategies])
+                self.out[k] = out_bytes(tm, strategies)
             metas = [t for t in tm if t is not None] if isinstance(tm, tuple) and not hasattr(tm, "shape") else [tm]
             self.needs_grad[k] = any(t.requires_grad for t in metas)
         self.copies: list[tuple[int, int, np.ndarray]] = []
@@ -143,10 +150,14 @@ class MemoryModel:
             tm, whole = _edge_meta(edge.src, edge.dst)
             if tm is None or whole:
                 continue
-            wants = {}
-            for j, s in enumerate(edge.dst.meta["strategies"]):
-                wants.setdefault(int(edge.dst_group[j]), s.inputs[edge.index])
-            col = np.array([local_bytes(tm, wants[b], mesh) for b in range(edge.spec_cost.shape[1])])
+            dst = edge.dst.meta["strategies"]
+            key = (id(dst[0]), len(dst), edge.index, _shape_key(tm))
+            if key not in memo:  # a repeated layer's edge: the same bytes per wanted spec
+                wants = {}
+                for j, s in enumerate(dst):
+                    wants.setdefault(int(edge.dst_group[j]), s.inputs[edge.index])
+                memo[key] = np.array([local_bytes(tm, wants[b], mesh) for b in range(edge.spec_cost.shape[1])])
+            col = memo[key]
             mat = np.where(edge.spec_cost > 0, col[None, :], 0.0)
             if mat.any():
                 self.copies.append((e, index[edge.dst], mat))
@@ -267,6 +278,13 @@ def _view_hops(node, root_name: str, edges_into: dict) -> list[int]:
         hops.append(edges_into[(parent, child)])
         child = parent
     return hops
+
+
+def _shape_key(tm) -> tuple:
+    """A hashable key of a tensor's (or a tuple of tensors') shape and dtype."""
+    if isinstance(tm, tuple) and not hasattr(tm, "shape"):
+        return tuple(_shape_key(t) if t is not None else None for t in tm)
+    return tuple(tm.shape), tm.dtype
 
 
 __all__ = ["MemoryModel", "MemoryBreakdown", "OPTIMIZERS", "state_factors", "CATEGORIES"]

@@ -18,7 +18,6 @@ import math
 from collections import defaultdict
 
 import numpy as np
-import pulp
 
 from autopar.solver.memory import MemoryModel
 
@@ -35,9 +34,9 @@ def _chain(ilp, steps, terms_at, keep, name: str, edges_at=lambda t: ()) -> dict
         for e, mat in edges_at(t):
             ilp.edge_terms(e, mat, acc)
         if t in keep:
-            var = prob.add_variable(f"{name}{t}", 0, None)
+            var = prob.add_variable(0, None)
             terms = [(var, 1.0)] + ([(prev, -1.0)] if prev is not None else []) + [(v, -c) for v, c in ilp.terms(acc)]
-            prob += pulp.LpAffineExpression(terms) == acc.const, f"chain_{name}{t}"
+            prob.add_row(terms, acc.const, acc.const)
             out[t], prev, acc = var, var, Expr()
     return out
 
@@ -72,8 +71,10 @@ def interior_steps(red, mm: MemoryModel) -> set[int]:
     return {starts[i] + p for i in range(2, len(starts) - 2) for p in range(length)}
 
 
-def _build_rows(ilp, mm: MemoryModel, keep_f: np.ndarray, keep_b: np.ndarray, scale: float, bound) -> int:
-    """Add a row ``M(step) <= bound`` (bound: 1, or a variable) for every kept step; returns the row count."""
+def _build_rows(ilp, mm: MemoryModel, keep_f: np.ndarray, keep_b: np.ndarray, scale: float,
+                bound: float | None, bound_var: int | None = None) -> int:
+    """Add a row ``M(step) <= bound`` (bound: 1, or the variable ``bound_var``) for every kept step; returns the
+    row count."""
     n = len(mm.names)
     kept = set(np.flatnonzero(keep_f | keep_b).tolist())
     if not kept:
@@ -84,9 +85,8 @@ def _build_rows(ilp, mm: MemoryModel, keep_f: np.ndarray, keep_b: np.ndarray, sc
     static = Expr()
     for k in range(n):
         ilp.node_terms(k, (mm.param[k] + mm.opt[k]) / scale, static)
-    s_var = prob.add_variable("S", 0, None)
-    prob += pulp.LpAffineExpression([(s_var, 1.0)] + [(v, -c) for v, c in ilp.terms(static)]) == static.const, \
-        "chain_S"
+    s_var = prob.add_variable(0, None)
+    prob.add_row([(s_var, 1.0)] + [(v, -c) for v, c in ilp.terms(static)], static.const, static.const)
     kept_copies = defaultdict(list)
     for e, t, mat in mm.kept_copies:
         kept_copies[t].append((e, mat / scale))
@@ -101,7 +101,7 @@ def _build_rows(ilp, mm: MemoryModel, keep_f: np.ndarray, keep_b: np.ndarray, sc
     copies = defaultdict(list)
     for e, t, mat in mm.copies:
         copies[t].append((e, mat / scale))
-    rhs_var = bound if not isinstance(bound, (int, float)) else None
+    rhs_var = bound_var
     rows = 0
     for t in sorted(kept):
         for phase, keep, outs in (("f", keep_f, mm.out), ("b", keep_b, mm.dout)):
@@ -117,9 +117,9 @@ def _build_rows(ilp, mm: MemoryModel, keep_f: np.ndarray, keep_b: np.ndarray, sc
             terms += ilp.terms(row)
             if rhs_var is not None:
                 terms.append((rhs_var, -1.0))
-                prob += pulp.LpAffineExpression(terms) <= -const, f"mem_{phase}{t}"
+                prob.add_row(terms, -math.inf, -const)
             else:
-                prob += pulp.LpAffineExpression(terms) <= float(bound) - const, f"mem_{phase}{t}"
+                prob.add_row(terms, -math.inf, float(bound) - const)
             rows += 1
     return rows
 
@@ -149,19 +149,19 @@ def min_budget(sg, red, mm: MemoryModel, backend, restrict, values: list | None 
     ub_f, ub_b = mm.step_bounds(upper=True)
     scale = max(float(ub_f.max(initial=0.0)), float(ub_b.max(initial=0.0)), 1.0)
     ilp = _Ilp(sg, red, restrict)
-    m_var = ilp.prob.add_variable("M", 0, None)
+    m_var = ilp.prob.add_variable(0, None)
     keep_f, keep_b = _keep(red, mm, ub_f, ub_b, lower)
-    rows = _build_rows(ilp, mm, keep_f, keep_b, scale, m_var)
+    rows = _build_rows(ilp, mm, keep_f, keep_b, scale, None, m_var)
     if rows == 0 or not ilp.x:
         if values is not None:
             values.append({o: 0 for o in ilp.x})
         return math.ceil(lower * (1 + 1e-6)), "(with liveness; every plan has the same peak)"
-    ilp.prob += pulp.LpAffineExpression([(m_var, 1.0)])
+    ilp.prob.set_objective([(m_var, 1.0)])
     status = run_solver(ilp.prob, backend)
-    if status not in (1, 2) or m_var.varValue is None:
+    if status not in (1, 2) or ilp.prob.value is None:
         return math.ceil(lower), "(with liveness; a lower bound: the search for the exact value found none)"
     if values is not None:
         values.append(ilp.values())
-    value = max(float(m_var.varValue) * scale, lower)
+    value = max(ilp.prob.val(m_var) * scale, lower)
     note = "(with liveness)" if status == 1 else "(with liveness; an upper bound: the time limit stopped the search)"
     return math.ceil(value * (1 + 1e-6)), note

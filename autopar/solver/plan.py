@@ -72,6 +72,8 @@ class IlpStats:
     sol_status: int = 1  # PuLP's: 1 optimal, 2 feasible (time limit)
     optimizer: str = "adamw"
     objective: float = 0.0  # s: the solver's objective value at the plan it returned
+    gap: float = 0.0  # proven relative gap (objective - bound) / objective: 0 when optimal, > 0 after a time limit
+    bound: float = 0.0  # s: the solver's proven lower bound on the objective (its dual bound)
 
     def to_json(self) -> dict:
         return asdict(self)

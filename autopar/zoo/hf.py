@@ -62,6 +62,8 @@ _LLAMA_SIZES = {
                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
     "70b": dict(num_hidden_layers=80, hidden_size=8192, intermediate_size=28672, num_attention_heads=64,
                 num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096),
+    "405b": dict(num_hidden_layers=126, hidden_size=16384, intermediate_size=53248, num_attention_heads=128,
+                 num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
 }
 _MISTRAL_SIZES = {
     "tiny": dict(_TINY_LLAMA, sliding_window=8),  # a window shorter than the sequence: the mask is banded
