@@ -159,9 +159,10 @@ def price(node: fx.Node, out: ShardingSpec | None, inputs: Sequence[ShardingSpec
     else:
         traffic = local_bytes(tm, out, mesh) + sum(local_bytes(t, s, mesh) for t, s in zip(in_metas, inputs))
         traffic *= 3 if needs_grad else 1
-    first = next(t for t in tm if t is not None) if is_tuple_meta(tm) else tm
-    compute = max(flops / (cluster.flops_for(first.dtype) * cluster.efficiency),
-                  traffic / (cluster.mem_bandwidth * cluster.efficiency))
+    # a tuple output may hold no tensor at all (``x.shape``'s meta is one None per dimension): no FLOPs then
+    first = next((t for t in tm if t is not None), None) if is_tuple_meta(tm) else tm
+    rate = cluster.flops_for(first.dtype) * cluster.efficiency if first is not None else float("inf")
+    compute = max(flops / rate, traffic / (cluster.mem_bandwidth * cluster.efficiency))
 
     memory = saved_local_bytes(node, out, inputs, mesh)
     return Strategy(out, inputs, compute, vocab_parallel_comm(node, inputs, cluster), memory)

@@ -171,3 +171,23 @@ def test_sync_batch_norm_statistics_in_the_single_device_dtype(dtype):
     assert mean.dtype == stat_dtype(dtype) == (torch.float32 if dtype == torch.bfloat16 else dtype)
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
     torch.testing.assert_close(y, want, atol=tol, rtol=tol)
+
+
+class _ShapeOfAValue(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        top = torch.topk(x, 4, dim=-1).values  # needs no gradient: its .shape is a node of its own
+        return self.fc(x).sum() * top.shape[-1]
+
+
+def test_a_shape_read_of_a_value_without_gradient_is_priced():
+    """Fuzz seed 7065: ``topk(..).values.shape`` is a tuple node holding no tensor; pricing it looked for
+    a tensor's dtype to turn FLOPs into time and raised StopIteration."""
+    gm = trace(_ShapeOfAValue(), (torch.randn(4, 16),))
+    shape = next(n for n in gm.graph.nodes if n.target is getattr and n.args[1] == "shape")
+    build_strategies(gm, CPU4)
+    assert shape.meta["strategies"] and all(np.isfinite(s.compute_time) for s in shape.meta["strategies"])
+    assert autopar.plan(_ShapeOfAValue(), CPU4, (torch.randn(4, 16),)).status == "optimal"
