@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _TOKEN = re.compile(r"R|S\d+")
 
@@ -27,8 +27,14 @@ _TOKEN = re.compile(r"R|S\d+")
 class ShardingSpec:
     dims: tuple[tuple[int, ...], ...]
     partial: tuple[int, ...] = ()
+    # specs key the planner's dicts millions of times on a 3-D mesh: hash once (the fields are immutable)
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.dims, self.partial)))
         seen: list[int] = []
         for axes in self.dims:
             if tuple(sorted(axes)) != tuple(axes):

@@ -115,6 +115,17 @@ class ShapeConsistencyManager:
             self._cost[(src, dst, shape, itemsize)] = dist[dst]
         return dist[dst]
 
+    def costs(self, src: ShardingSpec, dsts: Sequence[ShardingSpec], shape: Sequence[int],
+              itemsize: int) -> list[float]:
+        """``[cost(src, d, shape, itemsize) for d in dsts]`` from one shortest-path tree (a 3-D mesh's edge
+        prices thousands of pairs: looking each up alone was most of building the strategies)."""
+        shape, itemsize = tuple(int(s) for s in shape), int(itemsize)
+        dist, _ = self._tree(src, shape, itemsize)
+        missing = next((d for d in dsts if d not in dist), None)
+        if missing is not None:
+            raise ValueError(self._unreachable(src, missing, shape))
+        return [dist[d] for d in dsts]
+
     def plan(self, src: ShardingSpec, dst: ShardingSpec, shape: Sequence[int], itemsize: int) -> tuple[CommStep, ...]:
         """The cheapest sequence of CommSteps turning ``src`` into ``dst`` (``()`` when they are equal)."""
         key = (src, dst, tuple(int(s) for s in shape), int(itemsize))

@@ -84,7 +84,7 @@ def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: 
         from autopar.runtime.shape_consistency import ShapeConsistencyManager
 
         manager = ShapeConsistencyManager(cluster)
-        reshard_cost = manager.cost
+    row_cost = manager.costs if manager is not None else _row_of(reshard_cost)
     pricing = pricing if pricing is not None else Pricing()
     nodes = list(gm.graph.nodes)
     memo: dict = {}  # repeated layers: each distinct op signature is enumerated and priced once
@@ -97,7 +97,7 @@ def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: 
     cache: dict = {}  # repeated layers ask for the same (specs, shape) matrices again and again
     for node in nodes:
         for k, src in enumerate(node.all_input_nodes):
-            edge = _edge(src, node, k, reshard_cost, cache)
+            edge = _edge(src, node, k, row_cost, cache)
             if edge is not None:
                 graph.edges.append(edge)
     return graph
@@ -113,7 +113,12 @@ def _edge_meta(src: fx.Node, dst: fx.Node) -> tuple[TensorMeta | None, bool]:
     return None, True
 
 
-def _edge(src: fx.Node, dst: fx.Node, k: int, reshard_cost: ReshardCost, cache: dict) -> Edge | None:
+def _row_of(reshard_cost: ReshardCost):
+    """A ``(src, dsts, shape, itemsize) -> [seconds per dst]`` from a one-pair ``reshard_cost``."""
+    return lambda src, dsts, shape, size: [reshard_cost(src, d, shape, size) for d in dsts]
+
+
+def _edge(src: fx.Node, dst: fx.Node, k: int, row_cost, cache: dict) -> Edge | None:
     """The resharding costs of one edge, or None when nothing is ever resharded on it."""
     outs = [s.output for s in src.meta["strategies"]]
     wants = [s.inputs[k] for s in dst.meta["strategies"]]
@@ -126,13 +131,13 @@ def _edge(src: fx.Node, dst: fx.Node, k: int, reshard_cost: ReshardCost, cache: 
     if key not in cache:
         small, forbidden = np.zeros((len(uo), len(ui))), np.zeros((len(uo), len(ui)), dtype=bool)
         for o, i in uo.items():
-            for w, j in ui.items():
-                if w is None or w == o:
-                    continue
-                if whole_tuple:
-                    forbidden[i, j] = True
-                else:
-                    small[i, j] = reshard_cost(o, w, tm.shape, itemsize(tm.dtype))
+            moved = [(w, j) for w, j in ui.items() if w is not None and w != o]
+            if not moved:
+                continue
+            if whole_tuple:
+                forbidden[i, [j for _w, j in moved]] = True
+            else:  # one row at a time: its costs come from one shortest-path tree out of o
+                small[i, [j for _w, j in moved]] = row_cost(o, [w for w, _j in moved], tm.shape, itemsize(tm.dtype))
         cache[key] = small, (forbidden if forbidden.any() else None)
     small, forbidden = cache[key]
     if not small.any() and forbidden is None:
