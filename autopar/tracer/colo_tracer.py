@@ -84,6 +84,9 @@ class ColoTracer(fx.Tracer):
         self.record_stack_traces = True
         self.proxy_buffer_attributes = True  # buffers are graph values: ``num_batches_tracked.add_(1)`` is recorded
         self._attr_meta: dict[str, torch.Tensor] = {}
+        # id -> the name fx's getattr would find first (named_parameters(), then named_buffers())
+        self._param_names: dict[int, str] = {}
+        self._buffer_names: dict[int, str] = {}
         self._aliases: dict[int, tuple[str, ...]] = {}  # id(tensor) -> every qualified name
         self._meta_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._inputs: list[tuple[str, Any, bool]] = []  # (name, value, positional)
@@ -134,7 +137,7 @@ class ColoTracer(fx.Tracer):
         return proxy
 
     def getattr(self, attr: str, attr_val, parameter_proxy_cache):
-        out = super().getattr(attr, attr_val, parameter_proxy_cache)
+        out = self._attr_proxy(attr_val, parameter_proxy_cache)
         if (self.compute_dtype is not None and isinstance(out, fx.Proxy) and out.node.op == "get_attr"
                 and isinstance(attr_val, torch.nn.Parameter) and attr_val.requires_grad
                 and attr_val.is_floating_point() and attr_val.dtype != self.compute_dtype):
@@ -142,6 +145,21 @@ class ColoTracer(fx.Tracer):
                 self._casts[out.node] = self.create_proxy("call_method", "to", (out, self.compute_dtype), {})
             return self._casts[out.node]
         return out
+
+    def _attr_proxy(self, attr_val, parameter_proxy_cache):
+        """fx's ``Tracer.getattr`` without its scan: fx searches every parameter (then buffer) of the root
+        for the one read, at every read (an 80-layer model: most of the trace's own time); the names
+        are looked up by identity instead, the same first name fx finds."""
+        name = None
+        if isinstance(attr_val, torch.nn.Parameter):
+            name = self._param_names.get(id(attr_val))
+        if name is None and self.proxy_buffer_attributes and isinstance(attr_val, torch.Tensor):
+            name = self._buffer_names.get(id(attr_val))
+        if name is None:
+            return attr_val
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
         """Placeholders for the example inputs (tensors and plain values alike, in order);
@@ -193,6 +211,8 @@ class ColoTracer(fx.Tracer):
         for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
             self._attr_meta[name] = t
             self._aliases[id(t)] = (*self._aliases.get(id(t), ()), name)
+        self._param_names = {id(t): name for name, t in model.named_parameters()}
+        self._buffer_names = {id(t): name for name, t in model.named_buffers()}
         # torch caches tables of functions on first use (torch.device("meta") as a context: its factory
         # functions; torch.overrides: the ignored / overridable ones): fill every cache with the real
         # functions before they are patched, else the rest of the process sees the patched ones (which
