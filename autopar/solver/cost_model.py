@@ -198,6 +198,33 @@ def saved_local_bytes(node: fx.Node, out: ShardingSpec, inputs: Sequence[Shardin
     return total
 
 
+def saved_signature(node: fx.Node) -> tuple:
+    """Everything ``saved_local_bytes(node, out, inputs, mesh, through_views=False)`` reads besides the specs:
+    nodes with equal signatures (a repeated layer's) save equal bytes under equal strategies."""
+    profile, storage = node.meta.get("profile"), node.meta.get("storage")
+    if profile is None or not profile.saved_bytes:
+        return ()
+    args = node.all_input_nodes
+    ins = tuple((shape_key(a.meta.get("tensor")), a.meta.get("op") in STORAGE_OPS or a.op == "get_attr") for a in args)
+    head = (profile.saved_bytes, ins, shape_key(node.meta.get("tensor")))
+    if storage is None:
+        return head
+    reads = tuple((root[1], root[0] == node.name,
+                   tuple((a.meta.get("storage") is not None and root in a.meta["storage"].roots,
+                          a.name == root[0] and not is_tuple_meta(a.meta.get("tensor"))) for a in args))
+                  for root in storage.first)
+    return (*head, storage.private, bool(storage.saves), reads)
+
+
+def shape_key(tm) -> tuple | None:
+    """A hashable key of a tensor's (or a tuple of tensors') shape and dtype."""
+    if tm is None:
+        return None
+    if is_tuple_meta(tm):
+        return tuple(shape_key(t) for t in tm)
+    return tuple(tm.shape), tm.dtype
+
+
 def view_saved_roots(node: fx.Node) -> list[tuple]:
     """The storages ``node`` is the first to save that it reaches only through views of their roots (or
     not through its inputs at all): their bytes are the root's, in the root's own spec."""

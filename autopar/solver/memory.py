@@ -47,7 +47,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from autopar.solver.build import StrategyGraph, _edge_meta
-from autopar.solver.cost_model import OPTIMIZERS, local_bytes, saved_local_bytes, state_factors, view_saved_roots
+from autopar.solver.cost_model import (
+    OPTIMIZERS,
+    local_bytes,
+    saved_local_bytes,
+    saved_signature,
+    shape_key,
+    state_factors,
+    view_saved_roots,
+)
 from autopar.tracer.meta import is_multi
 from autopar.tracer.ops import Prop, has
 
@@ -107,7 +115,7 @@ class MemoryModel:
         memo: dict = {}  # repeated layers share Strategy objects (strategies.memoised_strategies): bytes once
 
         def out_bytes(tm, strategies) -> np.ndarray:
-            key = (id(strategies[0]), len(strategies), _shape_key(tm))
+            key = (id(strategies[0]), len(strategies), shape_key(tm))
             if key not in memo:
                 memo[key] = np.array([local_bytes(tm, s.output, mesh) for s in strategies])
             return memo[key]
@@ -127,8 +135,11 @@ class MemoryModel:
             if tm is None or v.op == "output":
                 continue
             if v.op != "placeholder":
-                self.saved[k] = np.array([saved_local_bytes(v, s.output, s.inputs, mesh, through_views=False)
+                key = ("saved", id(strategies[0]), len(strategies), saved_signature(v))
+                if key not in memo:  # a repeated layer's node: priced once
+                    memo[key] = np.array([saved_local_bytes(v, s.output, s.inputs, mesh, through_views=False)
                                           for s in strategies])
+                self.saved[k] = memo[key]
                 views = view_saved_roots(v)
                 if any(by_name.get(name) not in index for name, _i in views):  # not all planned: estimated
                     self.saved[k], views = np.array([s.memory for s in strategies]), []
@@ -151,7 +162,7 @@ class MemoryModel:
             if tm is None or whole:
                 continue
             dst = edge.dst.meta["strategies"]
-            key = (id(dst[0]), len(dst), edge.index, _shape_key(tm))
+            key = (id(dst[0]), len(dst), edge.index, shape_key(tm))
             if key not in memo:  # a repeated layer's edge: the same bytes per wanted spec
                 wants = {}
                 for j, s in enumerate(dst):
@@ -278,13 +289,6 @@ def _view_hops(node, root_name: str, edges_into: dict) -> list[int]:
         hops.append(edges_into[(parent, child)])
         child = parent
     return hops
-
-
-def _shape_key(tm) -> tuple:
-    """A hashable key of a tensor's (or a tuple of tensors') shape and dtype."""
-    if isinstance(tm, tuple) and not hasattr(tm, "shape"):
-        return tuple(_shape_key(t) if t is not None else None for t in tm)
-    return tuple(tm.shape), tm.dtype
 
 
 __all__ = ["MemoryModel", "MemoryBreakdown", "OPTIMIZERS", "state_factors", "CATEGORIES"]
