@@ -1,6 +1,7 @@
 """``autopar.tracer.trace``: traced graphs equal eager, are functional, and carry the meta contract."""
 from __future__ import annotations
 
+import copy
 import operator
 import re
 
@@ -312,3 +313,27 @@ def test_a_view_meta_strides_alone_refuse_traces_as_the_model_runs():
     gm = trace(ViewAfterNorm(), (x,))
     assert [n.meta["val"].shape for n in gm.graph.nodes if n.meta.get("op") == "view"] == [(25,)]
     torch.testing.assert_close(gm(x), ViewAfterNorm()(x))
+
+
+class _DeadNorm(nn.Module):
+    """A BatchNorm whose output only dead code reads (fuzz seed 243): its running statistics still move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.bn = nn.Linear(3, 4), nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        h = self.fc(x)
+        _unused = self.bn(h) > 0  # noqa: F841
+        return h.sum()
+
+
+def test_a_batch_norm_only_dead_code_reads_still_updates_its_statistics():
+    model, x = _DeadNorm(), torch.randn(8, 3)
+    gm = trace(copy.deepcopy(model), (x,))
+    assert any(n.meta.get("op") == "batch_norm" for n in gm.graph.nodes)
+    gm(x)
+    model(x)
+    got = dict(gm.named_buffers())
+    for name, buf in model.named_buffers():
+        torch.testing.assert_close(got[name], buf, msg=lambda m, name=name: f"{name}: {m}")
