@@ -74,7 +74,8 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
     module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster), source,
                       bucket_bytes=opts.bucket_bytes, local_outputs=opts.outputs == "local", seed=opts.seed,
                       reduce_dtype=getattr(torch, DTYPES[opts.reduce_dtype]), offload=opts.offload,
-                      device_cap=opts.memory_budget)
+                      device_cap=opts.memory_budget,
+                      recomputed={n for r in chosen.checkpoint.regions for n in r} if chosen.checkpoint else ())
     module.persistent_names = persistent_names(model)  # what a checkpoint holds (checkpoint_io)
     if kernels_enabled(mesh.device, opts.kernels):
         module.kernel_substitutions = tuple(swap_kernels(module, force=True))

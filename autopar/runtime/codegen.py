@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import operator
 from functools import lru_cache
 
@@ -45,6 +46,7 @@ from autopar.runtime.grad_sync import DEFAULT_BUCKET_BYTES, GradSync, ParamUse
 from autopar.runtime.localize import ShardedCrossEntropy, local_args, mean_scale, vocab_parallel_module
 from autopar.runtime.materialise import TracedWeights
 from autopar.runtime.parallel_module import LocalOutput, ParallelModule, ParamLayout
+from autopar.runtime.param_gather import BucketGather, partition
 from autopar.runtime.rng import SeededRandom, StepCounter, draws_random
 from autopar.runtime.sync_batchnorm import sharded_batch_norm
 from autopar.spec import ShardingSpec
@@ -110,7 +112,7 @@ def _fetch(module: torch.nn.Module, target: str):
 
 def generate(gm: fx.GraphModule, plan, mesh, sc, source=None, *, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
              local_outputs: bool = False, seed: int = 0, reduce_dtype=torch.float32, offload="none",
-             device_cap: float | None = None) -> ParallelModule:
+             device_cap: float | None = None, recomputed=frozenset()) -> ParallelModule:
     """The per-rank module for ``gm`` under ``plan`` (a ShardingPlan of the same traced graph).
 
     ``source.local(name, layout, piece, slices, device)`` gives each local shard (materialise.py;
@@ -119,7 +121,9 @@ def generate(gm: fx.GraphModule, plan, mesh, sc, source=None, *, bucket_bytes: i
     ``bucket_bytes`` (``grad_sync.GradSync``). ``local_outputs``: every output with dims leaves as this
     rank's shard (a ``ShardedOutput``), not gathered. ``seed``: every random op draws from its own seed
     (``rng.SeededRandom``), derived from this one. ``offload`` ("auto" or {"params": f, "optimizer": g}):
-    Gemini places the chunks (``runtime/gemini``) within ``device_cap`` bytes.
+    Gemini places the chunks (``runtime/gemini``) within ``device_cap`` bytes. Weights stored split and
+    used whole are gathered in buckets of ``bucket_bytes`` (``param_gather.py``), but for the uses inside
+    ``recomputed`` (the traced names of the checkpoint regions: a region gathers its own weights again).
     """
     emitter = _Emitter(gm, plan, mesh, sc, GradSync(mesh, bucket_bytes, reduce_dtype),
                        source if source is not None else TracedWeights(gm))
@@ -128,6 +132,8 @@ def generate(gm: fx.GraphModule, plan, mesh, sc, source=None, *, bucket_bytes: i
         emitter.root["gemini_fetch"] = ChunkFetch(emitter.grad_sync)
     if local_outputs:
         emitter.root["local_out"] = LocalOutput(sc, mesh)
+    if not emitter.gemini:
+        emitter.plan_gathers(sc, bucket_bytes, frozenset(recomputed))
     for node in gm.graph.nodes:
         emitter.emit(node)
     emitter.graph.lint()
@@ -160,6 +166,7 @@ class _Emitter:
         self.resharded: dict[tuple[fx.Node, ShardingSpec], fx.Node] = {}
         self.params: dict[str, ParamLayout] = {}  # stored name -> its layout
         self.pieces: dict[str, FusedPiece] = {}  # stored name of a fused projection's piece -> where it sits
+        self.bucket_of: dict[tuple[fx.Node, ShardingSpec], object] = {}  # (weight, spec) -> its param_gather.Bucket
 
     def out_spec(self, node: fx.Node) -> ShardingSpec | None:
         strategy = self.strategy_of(node)
@@ -177,11 +184,68 @@ class _Emitter:
         src = self.out_spec(old)
         if dst is None or src is None or src == dst or is_multi(old.meta["tensor"]):
             return self.env[old]
+        if (old, dst) in self.bucket_of and (old, dst) not in self.resharded:
+            self.gather_bucket(self.bucket_of[(old, dst)])
         if (old, dst) not in self.resharded:
             readers = [u for u in old.users if self._wants(u, old) == dst]
             uniform = [a for a in dst.partial_free_axes(src) if all(self.reads_uniform(u, a) for u in readers)]
             self.resharded[(old, dst)] = self.reshard(self.env[old], src, dst, _global_shape(old), uniform)
         return self.resharded[(old, dst)]
+
+    # ---- weights gathered in buckets (param_gather.py) --------------------------------------
+    def _gathered_weight(self, node: fx.Node) -> bool:
+        """A trainable floating-point parameter, or the compute-dtype cast the tracer puts after one."""
+        if node.meta.get("op") == "to" and node.args and isinstance(node.args[0], fx.Node):
+            return len(node.all_input_nodes) == 1 and self._gathered_weight(node.args[0])
+        tm = node.meta.get("tensor")
+        return (node.op == "get_attr" and "param" in node.meta and not is_multi(tm) and tm is not None
+                and tm.requires_grad and tm.dtype.is_floating_point)
+
+    def plan_gathers(self, sc, bucket_bytes: float, recomputed: frozenset) -> None:
+        """Lay the weights whose gather is one all-gather into buckets, in the order forward first uses them."""
+        candidates, seen = [], set()
+        for user in self.gm.graph.nodes:
+            if user.op == "output" or user.name in recomputed:
+                continue
+            for arg in user.all_input_nodes:
+                want, src = self._wants(user, arg), self.out_spec(arg)
+                if want is None or src is None or want == src or (arg, want) in seen or not self._gathered_weight(arg):
+                    continue
+                seen.add((arg, want))
+                readers = [u for u in arg.users if self._wants(u, arg) == want]
+                if arg.name in recomputed or any(u.name in recomputed or u.op == "output" for u in readers):
+                    continue
+                tm = arg.meta["tensor"]
+                steps = sc.plan(src, want, tuple(tm.shape), tm.dtype.itemsize)
+                if len(steps) != 1 or steps[0].kind != "all_gather" or self.mesh.size(steps[0].axis) == 1:
+                    continue
+                nbytes = math.prod(tm.shape) * tm.dtype.itemsize
+                candidates.append((arg, want, steps[0].axis, steps[0].dim, tm.dtype, nbytes))
+        for bucket in partition(candidates, bucket_bytes):
+            for node, want, _dim in bucket.members:
+                self.bucket_of[(node, want)] = bucket
+
+    def ensure(self, node: fx.Node) -> None:
+        """Emit ``node`` (and what it reads) now if it is not yet: a bucket's later members, early."""
+        if node in self.env:
+            return
+        for arg in node.all_input_nodes:
+            self.ensure(arg)
+        self.emit(node)
+
+    def gather_bucket(self, bucket) -> None:
+        """One ``gather_<k>`` call for every member of ``bucket``; each member's whole tensor is one of its items."""
+        for node, _want, _dim in bucket.members:
+            self.ensure(node)
+        name = f"gather_{bucket.index}"
+        self.root[name] = BucketGather(self.mesh, bucket.axis, tuple(d for _n, _w, d in bucket.members),
+                                       tuple(n.name for n, _w, _d in bucket.members))
+        call = self.graph.call_module(name, tuple(self.env[n] for n, _w, _d in bucket.members))
+        call.meta["traced"] = bucket.members[0][0].name
+        for k, (node, want, _dim) in enumerate(bucket.members):
+            item = self.graph.call_function(operator.getitem, (call, k))
+            item.meta.update(traced=node.name, reshard=(self.out_spec(node), want))
+            self.resharded[(node, want)] = item
 
     def _wants(self, user: fx.Node, arg: fx.Node) -> ShardingSpec | None:
         """The spec ``user``'s chosen strategy wants ``arg`` in (the output node: replicated)."""
@@ -224,12 +288,14 @@ class _Emitter:
 
     # ---- one method per kind of node ---------------------------------------------------------
     def emit(self, node: fx.Node) -> None:
-        """Write ``node``'s local form; every new node records it as ``meta["traced"]``."""
+        """Write ``node``'s local form (once: a bucket may have written it early); every new node records it
+        as ``meta["traced"]`` (but those a bucket wrote for other nodes meanwhile)."""
+        if node in self.env:
+            return
+        start = len(self.graph.nodes)
         self._emit(node)
-        for new in reversed(self.graph.nodes):
-            if "traced" in new.meta:
-                break
-            new.meta["traced"] = node.name
+        for _k, new in zip(range(len(self.graph.nodes) - start), reversed(self.graph.nodes)):
+            new.meta.setdefault("traced", node.name)
 
     def _emit(self, node: fx.Node) -> None:
         strategy = self.strategy_of(node)

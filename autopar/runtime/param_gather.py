@@ -1,0 +1,125 @@
+"""Sharded parameters gathered in buckets: one all-gather for many weights, one reduce-scatter back.
+
+A plan that stores a weight split on a mesh axis and uses it whole there (ZeRO-3 / FSDP) gathers it
+before its first use. Gathered one by one, a GPT-2 block issues a collective per weight in forward and
+another per weight in backward; FSDP2 issues one per block each way. Here the weights whose gather is
+a single ``all_gather`` on the same axis, in the same dtype, are laid out in buckets of at most
+``bucket_bytes`` gathered bytes, in the order forward first uses them (codegen's ``plan_gathers``):
+
+- forward: every member's local shard is flattened into one buffer, that buffer is all-gathered (rank
+  r's at row r), and each member's whole tensor is cut out of the rows and joined along its own
+  split dim (the values ``AllGatherFwdReduceScatterBwd`` gives, member by member);
+- backward (when every member's gradient has arrived: autograd calls the Function once): each whole
+  gradient is cut along its dim into the ranks' pieces, the pieces are laid out as the forward
+  buffer's rows, and one reduce-scatter leaves each rank the sum of its members' pieces.
+
+The bucket is gathered at the first use of its first member, so a member is whole at most one bucket
+earlier than one gathered alone; autograd then keeps each whole weight for backward, as it keeps a
+weight gathered alone. Members used inside a recomputed region, or by Gemini's chunks, are left to
+the per-weight path (a region recomputes its own gathers; a chunk may leave the device between ops).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from autopar.runtime.collectives import _all_gather_tensor, _reduce_scatter_tensor
+
+
+@dataclass
+class Bucket:
+    """Members gathered together: (traced node, the spec it is gathered to, its split dim)."""
+
+    index: int
+    axis: int
+    dtype: torch.dtype
+    members: list = field(default_factory=list)
+    nbytes: float = 0.0  # gathered bytes
+
+
+def partition(candidates, bucket_bytes: float) -> list[Bucket]:
+    """``candidates``: (node, wanted spec, axis, dim, dtype, gathered bytes) in order of first use. An open
+    bucket per (axis, dtype) takes each candidate until it would pass ``bucket_bytes``; buckets of one member
+    are dropped (gathered alone, nothing is gained)."""
+    open_: dict[tuple, Bucket] = {}
+    done: list[Bucket] = []
+    for node, want, axis, dim, dtype, nbytes in candidates:
+        key = (axis, dtype)
+        bucket = open_.get(key)
+        if bucket is not None and bucket.members and bucket.nbytes + nbytes > bucket_bytes:
+            done.append(bucket)
+            bucket = None
+        if bucket is None:
+            bucket = open_[key] = Bucket(-1, axis, dtype)
+        bucket.members.append((node, want, dim))
+        bucket.nbytes += nbytes
+    done += open_.values()
+    kept = sorted((b for b in done if len(b.members) > 1), key=lambda b: _first_use(b, candidates))
+    for i, b in enumerate(kept):
+        b.index = i
+    return kept
+
+
+def _first_use(bucket: Bucket, candidates) -> int:
+    first = bucket.members[0][:2]
+    return next(i for i, c in enumerate(candidates) if c[:2] == first)
+
+
+class _BucketGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, group, n: int, dims: tuple[int, ...], *shards):
+        ctx.group, ctx.n, ctx.dims = group, n, dims
+        ctx.shapes = [tuple(s.shape) for s in shards]
+        flat = torch.cat([s.reshape(-1) for s in shards])
+        rows = torch.empty((n, flat.numel()), dtype=flat.dtype, device=flat.device)
+        _all_gather_tensor(rows.view(-1), flat, group=group)
+        out, offset = [], 0
+        for shape, dim in zip(ctx.shapes, dims):
+            size = math.prod(shape)
+            pieces = rows[:, offset:offset + size].reshape(n, *shape)  # (n, *local): rank r's piece at r
+            out.append(pieces.movedim(0, dim).flatten(dim, dim + 1))
+            offset += size
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        n, rows = ctx.n, []
+        for g, shape, dim in zip(grads, ctx.shapes, ctx.dims):
+            if g is None:  # a member whose whole tensor did not reach the loss
+                rows.append(torch.zeros((n, math.prod(shape)), dtype=grads_dtype(grads), device=grads_device(grads)))
+                continue
+            rows.append(g.unflatten(dim, (n, shape[dim])).movedim(dim, 0).reshape(n, -1))
+        send = torch.cat(rows, dim=1)
+        mine = torch.empty(send.shape[1], dtype=send.dtype, device=send.device)
+        _reduce_scatter_tensor(mine, send.view(-1), op=dist.ReduceOp.SUM, group=ctx.group)
+        out, offset = [], 0
+        for shape in ctx.shapes:
+            size = math.prod(shape)
+            out.append(mine[offset:offset + size].view(shape))
+            offset += size
+        return (None, None, None, *out)
+
+
+def grads_dtype(grads) -> torch.dtype:
+    return next(g.dtype for g in grads if g is not None)
+
+
+def grads_device(grads) -> torch.device:
+    return next(g.device for g in grads if g is not None)
+
+
+class BucketGather(torch.nn.Module):
+    """``self.gather_<k>(*shards)``: the whole tensors of a bucket's members (module docstring)."""
+
+    def __init__(self, mesh, axis: int, dims: tuple[int, ...], names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.mesh, self.axis, self.dims, self.names = mesh, axis, dims, names
+
+    def forward(self, *shards):
+        return _BucketGather.apply(self.mesh.group(self.axis), self.mesh.size(self.axis), self.dims, *shards)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, members={len(self.dims)}"
