@@ -46,7 +46,7 @@ from autopar.runtime.grad_sync import DEFAULT_BUCKET_BYTES, GradSync, ParamUse
 from autopar.runtime.localize import ShardedCrossEntropy, local_args, mean_scale, vocab_parallel_module
 from autopar.runtime.materialise import TracedWeights
 from autopar.runtime.parallel_module import LocalOutput, ParallelModule, ParamLayout
-from autopar.runtime.param_gather import BucketGather, partition
+from autopar.runtime.param_gather import BucketGather, gathered_weight, partition
 from autopar.runtime.rng import SeededRandom, StepCounter, draws_random
 from autopar.runtime.sync_batchnorm import sharded_batch_norm
 from autopar.spec import ShardingSpec
@@ -193,14 +193,6 @@ class _Emitter:
         return self.resharded[(old, dst)]
 
     # ---- weights gathered in buckets (param_gather.py) --------------------------------------
-    def _gathered_weight(self, node: fx.Node) -> bool:
-        """A trainable floating-point parameter, or the compute-dtype cast the tracer puts after one."""
-        if node.meta.get("op") == "to" and node.args and isinstance(node.args[0], fx.Node):
-            return len(node.all_input_nodes) == 1 and self._gathered_weight(node.args[0])
-        tm = node.meta.get("tensor")
-        return (node.op == "get_attr" and "param" in node.meta and not is_multi(tm) and tm is not None
-                and tm.requires_grad and tm.dtype.is_floating_point)
-
     def plan_gathers(self, sc, bucket_bytes: float, recomputed: frozenset) -> None:
         """Lay the weights whose gather is one all-gather into buckets, in the order forward first uses them."""
         candidates, seen = [], set()
@@ -209,7 +201,7 @@ class _Emitter:
                 continue
             for arg in user.all_input_nodes:
                 want, src = self._wants(user, arg), self.out_spec(arg)
-                if want is None or src is None or want == src or (arg, want) in seen or not self._gathered_weight(arg):
+                if want is None or src is None or want == src or (arg, want) in seen or not gathered_weight(arg):
                     continue
                 seen.add((arg, want))
                 readers = [u for u in arg.users if self._wants(u, arg) == want]
@@ -219,7 +211,7 @@ class _Emitter:
                 steps = sc.plan(src, want, tuple(tm.shape), tm.dtype.itemsize)
                 if len(steps) != 1 or steps[0].kind != "all_gather" or self.mesh.size(steps[0].axis) == 1:
                     continue
-                nbytes = math.prod(tm.shape) * tm.dtype.itemsize
+                nbytes = math.prod(want.local_shape(tm.shape, self.mesh_shape)) * tm.dtype.itemsize  # gathered
                 candidates.append((arg, want, steps[0].axis, steps[0].dim, tm.dtype, nbytes))
         for bucket in partition(candidates, bucket_bytes):
             for node, want, _dim in bucket.members:

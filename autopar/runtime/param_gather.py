@@ -27,6 +27,17 @@ import torch
 import torch.distributed as dist
 
 from autopar.runtime.collectives import _all_gather_tensor, _reduce_scatter_tensor
+from autopar.tracer.meta import TensorMeta
+
+
+def gathered_weight(node) -> bool:
+    """A node whose gathers go in buckets: a trainable floating-point parameter, or the compute-dtype cast the
+    tracer puts after one."""
+    if node.meta.get("op") == "to" and node.args and len(node.all_input_nodes) == 1:
+        return gathered_weight(node.all_input_nodes[0])
+    tm = node.meta.get("tensor")
+    return (node.op == "get_attr" and "param" in node.meta and isinstance(tm, TensorMeta) and tm.requires_grad
+            and tm.dtype.is_floating_point)
 
 
 @dataclass
