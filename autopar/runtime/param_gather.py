@@ -83,6 +83,9 @@ class _BucketGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, group, n: int, dims: tuple[int, ...], *shards):
         ctx.group, ctx.n, ctx.dims = group, n, dims
+        # a member whose whole tensor never reaches the loss gets no gradient, as gathered alone (fuzz seed
+        # 282: zeros made its weight's .grad a tensor where one device leaves it None)
+        ctx.set_materialize_grads(False)
         ctx.shapes = [tuple(s.shape) for s in shards]
         flat = torch.cat([s.reshape(-1) for s in shards])
         rows = torch.empty((n, flat.numel()), dtype=flat.dtype, device=flat.device)
@@ -98,6 +101,8 @@ class _BucketGather(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         n, rows = ctx.n, []
+        if all(g is None for g in grads):  # structural, so alike on every rank: no collective
+            return (None, None, None, *(None for _ in grads))
         for g, shape, dim in zip(grads, ctx.shapes, ctx.dims):
             if g is None:  # a member whose whole tensor did not reach the loss
                 rows.append(torch.zeros((n, math.prod(shape)), dtype=grads_dtype(grads), device=grads_device(grads)))
@@ -107,9 +112,9 @@ class _BucketGather(torch.autograd.Function):
         mine = torch.empty(send.shape[1], dtype=send.dtype, device=send.device)
         _reduce_scatter_tensor(mine, send.view(-1), op=dist.ReduceOp.SUM, group=ctx.group)
         out, offset = [], 0
-        for shape in ctx.shapes:
+        for shape, g in zip(ctx.shapes, grads):  # the same collective on every rank; None where no gradient came
             size = math.prod(shape)
-            out.append(mine[offset:offset + size].view(shape))
+            out.append(mine[offset:offset + size].view(shape) if g is not None else None)
             offset += size
         return (None, None, None, *out)
 
