@@ -33,6 +33,7 @@ import torch.fx as fx
 from autopar.solver.checkpoint_dp import Chain, Schedule, no_checkpoint, plan_chain
 from autopar.solver.checkpoint_saved import StrategyOf, root_bytes, root_key, saved_storages
 from autopar.solver.cost_model import local_bytes
+from autopar.tracer.canonical import updates_statistics
 from autopar.tracer.meta import is_multi, tensor_meta
 from autopar.tracer.ops import Prop, has, inplace_name
 
@@ -74,7 +75,7 @@ def stateful(node: fx.Node) -> bool:
     running statistics."""
     op = node.meta.get("op") or ""
     if op == "batch_norm":
-        return bool(node.args[5]) and any(isinstance(a, fx.Node) for a in node.args[1:3])
+        return updates_statistics(node)
     return has(op, Prop.INPLACE) or op == "setitem" or inplace_name(op)
 
 

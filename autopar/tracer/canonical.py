@@ -305,19 +305,19 @@ def _remove_dead_nodes(graph: fx.Graph) -> None:
         if node.op not in ("call_function", "call_method", "get_attr") or node.users or node.meta.get("unread"):
             continue
         name = op_name(node)
-        if inplace_name(name) or name in _EFFECTFUL or _updates_statistics(node, name):
+        if inplace_name(name) or name in _EFFECTFUL or updates_statistics(node, name):
             continue
         if node.op == "call_function" and node.target is operator.setitem:
             continue
         graph.erase_node(node)
 
 
-def _updates_statistics(node: fx.Node, name: str) -> bool:
-    """A training-mode batch_norm writes its running statistics whether or not its output is read (fuzz seed
-    243: a BatchNorm only dead code read lost its update). ``training`` is the sixth argument of both
-    ``F.batch_norm`` and ``torch.batch_norm``."""
-    if name != "batch_norm":
+def updates_statistics(node: fx.Node, name: str | None = None) -> bool:
+    """Whether ``node`` is a training-mode batch_norm with running statistics: it writes them whether or not
+    its output is read (fuzz seed 243), and running it again would write them twice (solver/checkpoint.py).
+    ``training`` is the sixth argument of both ``F.batch_norm`` and ``torch.batch_norm``."""
+    if (name or node.meta.get("op")) != "batch_norm":
         return False
     training = node.args[5] if len(node.args) > 5 else node.kwargs.get("training", False)
-    return training is not False
-
+    stats = [*node.args[1:3], node.kwargs.get("running_mean"), node.kwargs.get("running_var")]
+    return bool(training) and any(isinstance(a, fx.Node) for a in stats)
