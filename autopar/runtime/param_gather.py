@@ -46,7 +46,6 @@ class Bucket:
 
     index: int
     axis: int
-    dtype: torch.dtype
     members: list = field(default_factory=list)
     nbytes: float = 0.0  # gathered bytes
 
@@ -56,27 +55,18 @@ def partition(candidates, bucket_bytes: float) -> list[Bucket]:
     bucket per (axis, dtype) takes each candidate until it would pass ``bucket_bytes``; buckets of one member
     are dropped (gathered alone, nothing is gained)."""
     open_: dict[tuple, Bucket] = {}
-    done: list[Bucket] = []
+    made: list[Bucket] = []  # in the order of their first members' first use
     for node, want, axis, dim, dtype, nbytes in candidates:
-        key = (axis, dtype)
-        bucket = open_.get(key)
-        if bucket is not None and bucket.members and bucket.nbytes + nbytes > bucket_bytes:
-            done.append(bucket)
-            bucket = None
-        if bucket is None:
-            bucket = open_[key] = Bucket(-1, axis, dtype)
+        bucket = open_.get((axis, dtype))
+        if bucket is None or bucket.nbytes + nbytes > bucket_bytes:
+            bucket = open_[(axis, dtype)] = Bucket(-1, axis)
+            made.append(bucket)
         bucket.members.append((node, want, dim))
         bucket.nbytes += nbytes
-    done += open_.values()
-    kept = sorted((b for b in done if len(b.members) > 1), key=lambda b: _first_use(b, candidates))
+    kept = [b for b in made if len(b.members) > 1]
     for i, b in enumerate(kept):
         b.index = i
     return kept
-
-
-def _first_use(bucket: Bucket, candidates) -> int:
-    first = bucket.members[0][:2]
-    return next(i for i, c in enumerate(candidates) if c[:2] == first)
 
 
 class _BucketGather(torch.autograd.Function):
@@ -103,9 +93,10 @@ class _BucketGather(torch.autograd.Function):
         n, rows = ctx.n, []
         if all(g is None for g in grads):  # structural, so alike on every rank: no collective
             return (None, None, None, *(None for _ in grads))
+        known = next(g for g in grads if g is not None)
         for g, shape, dim in zip(grads, ctx.shapes, ctx.dims):
             if g is None:  # a member whose whole tensor did not reach the loss
-                rows.append(torch.zeros((n, math.prod(shape)), dtype=grads_dtype(grads), device=grads_device(grads)))
+                rows.append(known.new_zeros((n, math.prod(shape))))
                 continue
             rows.append(g.unflatten(dim, (n, shape[dim])).movedim(dim, 0).reshape(n, -1))
         send = torch.cat(rows, dim=1)
@@ -117,14 +108,6 @@ class _BucketGather(torch.autograd.Function):
             out.append(mine[offset:offset + size].view(shape) if g is not None else None)
             offset += size
         return (None, None, None, *out)
-
-
-def grads_dtype(grads) -> torch.dtype:
-    return next(g.dtype for g in grads if g is not None)
-
-
-def grads_device(grads) -> torch.device:
-    return next(g.device for g in grads if g is not None)
 
 
 class BucketGather(torch.nn.Module):
