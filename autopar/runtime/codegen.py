@@ -43,7 +43,7 @@ from autopar.errors import AutoparError, NodeError
 from autopar.runtime.gemini import ChunkFetch
 from autopar.runtime.gemini import attach as attach_gemini
 from autopar.runtime.grad_sync import DEFAULT_BUCKET_BYTES, GradSync, ParamUse
-from autopar.runtime.localize import ShardedCrossEntropy, local_args, mean_scale, vocab_parallel_module
+from autopar.runtime.localize import ShardedCrossEntropy, local_args, local_target, mean_scale, vocab_parallel_module
 from autopar.runtime.materialise import TracedWeights
 from autopar.runtime.parallel_module import LocalOutput, ParallelModule, ParamLayout
 from autopar.runtime.param_gather import BucketGather, gathered_weight, partition
@@ -446,7 +446,7 @@ class _Emitter:
                                            self.mesh.device)
             new = self.graph.call_module(name, args, kwargs)
         else:
-            new = self.graph.create_node(node.op, node.target, args, kwargs, name=node.name)
+            new = self.graph.create_node(node.op, local_target(node, strategy), args, kwargs, name=node.name)
         new.meta = dict(node.meta)
         if op == "mean" and (scale := mean_scale(node, strategy, self.mesh_shape)) != 1.0:
             new = self.graph.call_function(operator.mul, (new, scale))

@@ -51,6 +51,24 @@ def local_args(node: fx.Node, strategy, args: tuple, mesh_shape: tuple[int, ...]
     return args
 
 
+def local_group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
+    """``F.group_norm`` without its training-mode refusal of a group of one value per sample-batch.
+
+    That check multiplies the batch into its count, so a rank holding one sample of a batch the whole
+    model runs (N split) or fewer groups (C split) can be refused a shape the single device accepts;
+    each sample's groups are normalised alone, so the shard's values are the whole tensor's (fuzz 12086).
+    """
+    return torch.group_norm(x, num_groups, weight, bias, eps, torch.backends.cudnn.enabled)
+
+
+def local_target(node: fx.Node, strategy):
+    """The callable a rank runs for ``node``: its own target, except where torch's wrapper checks a shape
+    the shard can fail while the whole tensor passes."""
+    if node.meta.get("op") == "group_norm" and not strategy.output.is_replicated():
+        return local_group_norm
+    return node.target
+
+
 def _local_index(node: fx.Node, index, in_spec: ShardingSpec):
     """Basic indexing: a sharded dim may only be taken whole (``slice(None)``)."""
     index = index if isinstance(index, tuple) else (index,)

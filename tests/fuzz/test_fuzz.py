@@ -18,6 +18,7 @@ CI_SEEDS = (*range(0, 64), 74)  # 74: the first seed past 63 with a tied linear 
 
 # Seeds whose graphs found a bug, and what it was (each fixed at its root; they run with the fixed set).
 REGRESSIONS = {
+    12086: "a rank's half of a batch made F.group_norm's one-value check refuse a shape the whole batch passes",
     282: "a weight gathered in a bucket whose whole tensor never reached the loss got a zero gradient, not None",
     13: "a Conv1d only dead code read lost its parameters from full_state_dict() (the graph has changed since "
         "where/masked_fill make their own mask; tests/tracer/test_tracer.py keeps the case)",

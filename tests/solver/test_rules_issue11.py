@@ -16,7 +16,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from autopar import ClusterInfo
-from autopar.runtime.localize import local_args
+from autopar.runtime.localize import local_args, local_target
 from autopar.solver.strategies import strategies_for
 from autopar.tracer import trace
 
@@ -81,7 +81,7 @@ def check_every_strategy(module, inputs, op: str, cluster=CPU2x2, atol=1e-5) -> 
             args = fx.node.map_arg(node.args, local)
             kwargs = fx.node.map_arg(node.kwargs, local)
             args = local_args(node, strategy, tuple(args), mesh_shape)
-            pieces[coord] = node.target(*args, **kwargs)
+            pieces[coord] = local_target(node, strategy)(*args, **kwargs)  # what the rank runs
         got = _assemble(pieces, strategy.output, want.shape, mesh_shape, want.dtype)
         torch.testing.assert_close(got, want, atol=atol, rtol=1e-5, msg=lambda m, s=strategy: f"{op} {s}: {m}")
     return len(strategies)
@@ -141,6 +141,13 @@ def test_group_norm_splits_batch_or_whole_groups():
     assert check_every_strategy(gn, (x4(4, 8, 3, 3),), "group_norm") == 9
     one = torch.nn.GroupNorm(1, 8)  # PoolFormer's GroupNorm1: only the batch splits
     assert count(one, (x4(4, 8, 3, 3),), "group_norm") == {"RRRR = RRRR x R x R", "S0RRR = S0RRR x R x R"}
+
+
+def test_group_norm_runs_a_shard_whose_groups_hold_one_value():
+    # fuzz seed 12086: F.group_norm refuses (N * C / G) * prod(S) == 1, a count the batch is part of, so
+    # the whole (2, 2, 1) passes and its half (1, 2, 1) on a rank did not; each sample is normalised alone
+    gn = torch.nn.GroupNorm(2, 2)
+    assert check_every_strategy(gn, (x4(2, 2, 1),), "group_norm") == 7  # N, C or both split
 
 
 def test_conv1d_has_the_conv2d_rule():
