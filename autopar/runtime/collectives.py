@@ -28,9 +28,17 @@ if TYPE_CHECKING:
     from autopar.runtime.shape_consistency import CommStep
 
 
-# torch >= 2.14 renames the tensor-in/tensor-out gather and scatter (the old names warn)
-_all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter_tensor = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+# torch >= 2.14 renames the tensor-in/tensor-out gather and scatter (the old names warn). Looked up at each
+# call, not bound at import, so a wrapper of torch.distributed's function (a profiler's, a benchmark's
+# timer, a test's counter) sees autopar's calls as it sees anyone's.
+def _all_gather_tensor(out, x, group=None, async_op: bool = False):
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return gather(out, x, group=group, async_op=async_op)
+
+
+def _reduce_scatter_tensor(out, x, op=dist.ReduceOp.SUM, group=None, async_op: bool = False):
+    scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    return scatter(out, x, op=op, group=group, async_op=async_op)
 
 
 # ---- raw collectives: tensor in, new tensor out (never modify the input) ------------------
