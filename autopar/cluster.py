@@ -1,8 +1,11 @@
 """ClusterInfo: the devices, their logical mesh, and the numbers the cost model needs.
 
-All quantities are SI: bytes, seconds, FLOP/s, bytes/s. A collective on mesh axis ``a``
+All quantities are SI: bytes, seconds, FLOP/s, bytes/s. An all-reduce on mesh axis ``a``
 costs ``alpha[a] + beta[a] * bytes_on_the_wire`` (ring factors are applied by the cost
-model). Ranks map to mesh coordinates in row-major order: on a (2, 4) mesh rank 5 is (1, 1).
+model); another kind of collective (all-gather, reduce-scatter, all-to-all) scales alpha and beta
+by its factors in ``collectives`` where they were measured (``profile``: gloo moves a byte of an
+all-gather about 2.5x, of a reduce-scatter 4x slower than one of an all-reduce), else by 1
+(``link``). Ranks map to mesh coordinates in row-major order: on a (2, 4) mesh rank 5 is (1, 1).
 
 A cluster may also know its physical layout (``Topology``: nodes x devices per node, the link
 inside a node and the link across nodes). Then any logical mesh of its devices
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 GiB = 1024**3
+KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")  # the collectives the cost model prices
 
 # name -> (memory bytes, peak half-precision FLOP/s, peak fp32 (tf32) FLOP/s, HBM bytes/s)
 _DEVICES = {
@@ -118,6 +122,8 @@ class ClusterInfo:
     efficiency: float = 0.6  # fraction of peak FLOP/s and bandwidth a kernel reaches
     axis_names: tuple[str, ...] = field(default=())
     topology: Topology | None = None  # the physical layout, when known: what ``with_mesh`` prices axes by
+    # (kind, alpha factor, beta factor) of the collectives that differ from an all-reduce (module docstring)
+    collectives: tuple[tuple[str, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.topology, dict):  # from JSON
@@ -126,6 +132,11 @@ class ClusterInfo:
         object.__setattr__(self, "mesh_shape", shape)
         object.__setattr__(self, "alpha", tuple(float(a) for a in self.alpha))
         object.__setattr__(self, "beta", tuple(float(b) for b in self.beta))
+        object.__setattr__(self, "collectives", tuple((str(k), float(a), float(b)) for k, a, b in self.collectives))
+        for kind, a, b in self.collectives:
+            if kind not in KINDS or not (a > 0 and b > 0):
+                raise ValueError(f"collectives: ({kind!r}, {a}, {b}) must name one of {', '.join(KINDS)} with "
+                                 f"positive alpha and beta factors")
         if not 1 <= len(shape) <= 3 or not all(isinstance(n, int) and n >= 1 for n in shape):
             raise ValueError(f"mesh_shape must be 1 to 3 positive ints, got {self.mesh_shape!r}")
         if len(self.alpha) != len(shape) or len(self.beta) != len(shape):
@@ -224,6 +235,13 @@ class ClusterInfo:
         if self.topology is None:
             return measured
         return replace(measured, topology=self.topology.refit(self.mesh_shape, measured.alpha, measured.beta))
+
+    def link(self, axis: int, kind: str = "all_reduce") -> tuple[float, float]:
+        """(alpha s, beta s/byte on the wire) of one ``kind`` collective on mesh ``axis``."""
+        for name, a, b in self.collectives:
+            if name == kind:
+                return self.alpha[axis] * a, self.beta[axis] * b
+        return self.alpha[axis], self.beta[axis]
 
     # ---- mesh geometry ----------------------------------------------------------------
     @property

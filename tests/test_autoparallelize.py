@@ -21,13 +21,14 @@ RTOL, ATOL = 1e-4, 1e-5
 # mlp "small" is batch 1024, hidden 64 (the solver picks data parallel); "tiny" is batch 32.
 # Feasible windows under the liveness model (smallest budget / unconstrained peak): mlp small
 # on (4,) 0.83, gpt2 tiny on (2, 2) 0.66, so these fractions force a different, leaner plan. With
-# gradients reduced in chunks (one latency per chunk) data parallel is cheap: on (2,) GPT-2 tiny splits
-# its attention heads only under a budget (0.8), on (4,) too.
+# gradients reduced in chunks and weights gathered in buckets (one latency per chunk or bucket) data
+# parallel and sharded weights are cheap: GPT-2 tiny splits its attention heads only under a budget of
+# 0.7 (on (2,) and (2, 2)); at 0.8 it stores its weights split and gathers them.
 CASES_2 = [("mlp", "tiny", (2,), None), ("mlp", "small", (2,), None), ("gpt2", "tiny", (2,), None),
-           ("gpt2", "tiny", (2,), 0.8)]
+           ("gpt2", "tiny", (2,), 0.7)]
 CASES_4 = [("mlp", "small", (4,), None), ("mlp", "small", (4,), 0.9), ("mlp", "tiny", (2, 2), None),
            ("gpt2", "tiny", (4,), None), ("gpt2", "tiny", (4,), 0.8), ("gpt2", "tiny", (2, 2), None),
-           ("gpt2", "tiny", (2, 2), 0.8)]
+           ("gpt2", "tiny", (2, 2), 0.7)]
 
 
 def _loss(model, inputs):

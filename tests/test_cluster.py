@@ -1,4 +1,5 @@
 """ClusterInfo: presets, mesh geometry, validation, logical meshes of a physical topology."""
+import dataclasses
 import math
 
 import pytest
@@ -75,3 +76,52 @@ def test_measured_links_refit_the_topology():
     assert fitted.inter == (3e-5, 1e-10) and fitted.intra == (2e-6, 1e-12)
     mixed = topo.refit((2, 32), alpha=(3e-5, 4e-5), beta=(1e-10, 2e-10))  # the 32 mixes both links: fits neither
     assert mixed.inter == (3e-5, 1e-10) and mixed.intra == topo.intra
+
+
+def test_a_collective_kind_scales_the_axis_link_and_the_resharding_it_prices():
+    from autopar.runtime.shape_consistency import ShapeConsistencyManager
+    from autopar.spec import ShardingSpec
+
+    base = ClusterInfo.preset("cpu:2")
+    slow = dataclasses.replace(base, collectives=(("all_gather", 2.0, 3.0), ("reduce_scatter", 1.0, 5.0)))
+    (a,), (b,) = base.alpha, base.beta
+    assert slow.link(0) == (a, b) and slow.link(0, "all_to_all") == (a, b)
+    assert slow.link(0, "all_gather") == (2 * a, 3 * b) and slow.link(0, "reduce_scatter") == (a, 5 * b)
+    # S0 -> R of a (64, 64) fp32 tensor: an all-gather forward, its adjoint reduce-scatter backward,
+    # each moving (n-1)/n of the whole 16 KiB
+    wire = 0.5 * 64 * 64 * 4
+    got = ShapeConsistencyManager(slow).cost(ShardingSpec.parse("S0R"), ShardingSpec.parse("RR"), (64, 64), 4)
+    assert got == pytest.approx((2 * a + 3 * b * wire) + (a + 5 * b * wire))
+    plain = ShapeConsistencyManager(base).cost(ShardingSpec.parse("S0R"), ShardingSpec.parse("RR"), (64, 64), 4)
+    assert plain == pytest.approx(2 * (a + b * wire))
+    with pytest.raises(ValueError, match="collectives"):
+        dataclasses.replace(base, collectives=(("broadcast", 1.0, 1.0),))
+
+
+def test_the_link_fit_weighs_small_and_large_collectives_alike():
+    from autopar.runtime.profile_links import fit
+
+    sizes = [2.0**k for k in range(10, 25, 2)]
+    exact = [3e-4 + s / 1e9 for s in sizes]
+    assert fit(sizes, exact) == pytest.approx((3e-4, 1e-9))
+    # 20 % noise on the largest size moves a plain least-squares intercept by milliseconds; the relative fit
+    # keeps alpha near the small collectives' time
+    noisy = exact[:-1] + [exact[-1] * 1.2]
+    alpha, _beta = fit(sizes, noisy)
+    assert alpha == pytest.approx(3e-4, rel=0.2)
+
+
+def _profile(rank, world_size):
+    cluster = ClusterInfo.preset(f"cpu:{world_size}").profile(sizes=(2**10, 2**16, 2**20), repeats=2)
+    return cluster.alpha, cluster.beta, cluster.collectives, cluster.name
+
+
+def test_profile_measures_every_kind_and_every_rank_plans_with_the_same_numbers():
+    from tests.distributed import run_distributed
+
+    results = run_distributed(_profile, 2, timeout=120)
+    assert all(r == results[0] for r in results)
+    (alpha,), (beta,), collectives, name = results[0]
+    assert 0 < alpha < 1 and 0 < beta < 1e-6 and name == "cpu:2 (profiled)"
+    assert {k for k, _a, _b in collectives} <= {"all_gather", "reduce_scatter", "all_to_all"}
+    assert all(a > 0 and b > 0 for _k, a, b in collectives)

@@ -18,7 +18,8 @@ as a linear map on the tuple of per-rank local tensors:
 Order constraint: a dim's axes are ascending (the piece index of S01 is c0 * n1 + c1), so a step
 may only remove the last axis of a dim's tuple and only append an axis larger than all of them.
 
-Cost of one collective on axis a, B the bytes of the local tensor involved:
+Cost of one collective on axis a, B the bytes of the local tensor involved, alpha and beta the axis's
+link for that kind of collective (``ClusterInfo.link``):
 all-gather / reduce-scatter ``alpha + (n-1)/n * B_full * beta`` (B_full the larger side),
 all-reduce ``alpha + 2(n-1)/n * B * beta``, all-to-all ``alpha + (n-1)/n * B * beta``;
 split and to_partial cost a local copy, ``B / (mem_bandwidth * efficiency)``, never 0.
@@ -49,6 +50,11 @@ _WIRE = {
     "all_to_all": ("all-to-all", "all-to-all back"),
     "to_partial": ("divide by n (no communication)", "divide by n (no communication)"),
 }
+
+
+# kind -> (forward, backward) collective, as the cluster's links price them (ClusterInfo.link)
+_ADJOINT = {"all_gather": ("all_gather", "reduce_scatter"), "reduce_scatter": ("reduce_scatter", "all_gather"),
+            "all_reduce": ("all_reduce", "all_reduce"), "all_to_all": ("all_to_all", "all_to_all")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,13 +232,12 @@ class ShapeConsistencyManager:
         b_in, b_out = self._local_bytes(step.src, full_bytes), self._local_bytes(step.dst, full_bytes)
         if n == 1 or step.kind in ("split", "to_partial"):  # local: a copy forward, a copy backward
             return (b_in + b_out) * self._copy_rate
-        alpha, beta = self.cluster.alpha[step.axis], self.cluster.beta[step.axis]
         ring = (n - 1) / n
-        if step.kind == "all_reduce":
-            one = alpha + 2 * ring * b_in * beta
-        else:  # all_gather, reduce_scatter (B_full = the larger side), all_to_all (equal sides)
-            one = alpha + ring * max(b_in, b_out) * beta
-        return 2 * one
+        # all_gather, reduce_scatter (B_full = the larger side), all_to_all (equal sides); backward runs the
+        # adjoint collective on the same bytes
+        wire = 2 * ring * b_in if step.kind == "all_reduce" else ring * max(b_in, b_out)
+        links = (self.cluster.link(step.axis, kind) for kind in _ADJOINT[step.kind])
+        return sum(alpha + wire * beta for alpha, beta in links)
 
     def _unreachable(self, src: ShardingSpec, dst: ShardingSpec, shape: tuple[int, ...]) -> str:
         why = "it does not fit"

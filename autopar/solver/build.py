@@ -7,6 +7,13 @@ into the spec v's strategy j wants for input k, priced by the shape consistency 
 producer's global shape (the element's shape for ``getitem`` of a tuple-valued node).
 Edges on which nothing is ever resharded (an all-zero matrix) are left out.
 
+A weight gathered whole by one all-gather on a mesh axis (``param_gather.gathered_weight``) travels in a
+bucket with others (runtime/param_gather.py): one all-gather forward and one reduce-scatter backward per
+bucket of ``bucket_bytes`` gathered bytes. Its edge pays the bytes as priced and, of the bucket's two
+latencies (the all-gather's and the reduce-scatter's alpha), the share ``min(1, gathered / bucket_bytes)``,
+as a replicated gradient pays its share of its chunk's (``cost_model.grad_sync_time``); ``Edge.bucketed``
+keeps such an edge out of the ILP's flows, whose arcs price a collective alone.
+
 A tuple-valued producer (``topk``, ``split``) is never resharded as a whole: the runtime reshards
 its elements (``getitem``). So on an edge from one into a consumer that takes the whole tuple, a
 pair of strategies where the consumer wants another spec than the producer makes cannot run:
@@ -14,6 +21,7 @@ pair of strategies where the consumer wants another spec than the producer makes
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +29,7 @@ import numpy as np
 import torch.fx as fx
 
 from autopar.cluster import ClusterInfo
+from autopar.runtime.param_gather import gathered_weight
 from autopar.solver.cost_model import Pricing, itemsize
 from autopar.solver.strategies import memoised_strategies
 from autopar.solver.strategies.base import is_tuple_meta
@@ -47,6 +56,7 @@ class Edge:
     src_group: np.ndarray  # strategy of src -> row of spec_cost
     dst_group: np.ndarray  # strategy of dst -> column of spec_cost
     forbidden: np.ndarray | None = None  # [row, column] -> the pair cannot run (a whole tuple resharded)
+    bucketed: bool = False  # some pairs are a weight's gather priced as its share of a bucket's
 
     @property
     def cost(self) -> np.ndarray:
@@ -84,8 +94,9 @@ def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: 
         from autopar.runtime.shape_consistency import ShapeConsistencyManager
 
         manager = ShapeConsistencyManager(cluster)
-    row_cost = manager.costs if manager is not None else _row_of(reshard_cost)
     pricing = pricing if pricing is not None else Pricing()
+    row_cost = manager.costs if manager is not None else _row_of(reshard_cost)
+    bucketed = _bucket_share(manager, cluster, pricing.bucket_bytes) if manager is not None else None
     nodes = list(gm.graph.nodes)
     memo: dict = {}  # repeated layers: each distinct op signature is enumerated and priced once
     step = max(1, len(nodes) // 50)
@@ -97,7 +108,7 @@ def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: 
     cache: dict = {}  # repeated layers ask for the same (specs, shape) matrices again and again
     for node in nodes:
         for k, src in enumerate(node.all_input_nodes):
-            edge = _edge(src, node, k, row_cost, cache)
+            edge = _edge(src, node, k, row_cost, cache, bucketed if gathered_weight(src) else None)
             if edge is not None:
                 graph.edges.append(edge)
     return graph
@@ -118,8 +129,22 @@ def _row_of(reshard_cost: ReshardCost):
     return lambda src, dsts, shape, size: [reshard_cost(src, d, shape, size) for d in dsts]
 
 
-def _edge(src: fx.Node, dst: fx.Node, k: int, row_cost, cache: dict) -> Edge | None:
-    """The resharding costs of one edge, or None when nothing is ever resharded on it."""
+def _bucket_share(manager, cluster: ClusterInfo, bucket_bytes: float):
+    """``(src, dst, shape, itemsize) -> seconds`` to take off a weight's priced gather ``src -> dst`` for the
+    bucket it travels in (0 where the gather is not one all-gather on a mesh axis: it runs alone)."""
+    def discount(src: ShardingSpec, dst: ShardingSpec, shape, size: int) -> float:
+        steps = manager.plan(src, dst, shape, size)
+        if len(steps) != 1 or steps[0].kind != "all_gather" or cluster.mesh_shape[steps[0].axis] == 1:
+            return 0.0
+        gathered = math.prod(dst.local_shape(tuple(shape), cluster.mesh_shape)) * size
+        latency = sum(cluster.link(steps[0].axis, kind)[0] for kind in ("all_gather", "reduce_scatter"))
+        return latency * (1 - min(1.0, gathered / bucket_bytes))
+    return discount
+
+
+def _edge(src: fx.Node, dst: fx.Node, k: int, row_cost, cache: dict, bucketed=None) -> Edge | None:
+    """The resharding costs of one edge, or None when nothing is ever resharded on it; ``bucketed``: the
+    discount of a gathered weight's edge (``_bucket_share``)."""
     outs = [s.output for s in src.meta["strategies"]]
     wants = [s.inputs[k] for s in dst.meta["strategies"]]
     tm, whole_tuple = _edge_meta(src, dst)
@@ -127,7 +152,7 @@ def _edge(src: fx.Node, dst: fx.Node, k: int, row_cost, cache: dict) -> Edge | N
         return None
     # price each distinct (output spec, wanted spec) pair once
     uo, ui = {s: i for i, s in enumerate(dict.fromkeys(outs))}, {s: j for j, s in enumerate(dict.fromkeys(wants))}
-    key = (tuple(uo), tuple(ui), None if whole_tuple else (tuple(tm.shape), tm.dtype))
+    key = (tuple(uo), tuple(ui), None if whole_tuple else (tuple(tm.shape), tm.dtype), bucketed is not None)
     if key not in cache:
         small, forbidden = np.zeros((len(uo), len(ui))), np.zeros((len(uo), len(ui)), dtype=bool)
         for o, i in uo.items():
@@ -137,9 +162,13 @@ def _edge(src: fx.Node, dst: fx.Node, k: int, row_cost, cache: dict) -> Edge | N
             if whole_tuple:
                 forbidden[i, [j for _w, j in moved]] = True
             else:  # one row at a time: its costs come from one shortest-path tree out of o
-                small[i, [j for _w, j in moved]] = row_cost(o, [w for w, _j in moved], tm.shape, itemsize(tm.dtype))
+                cols, size = [j for _w, j in moved], itemsize(tm.dtype)
+                small[i, cols] = row_cost(o, [w for w, _j in moved], tm.shape, size)
+                if bucketed is not None:
+                    small[i, cols] -= [bucketed(o, w, tm.shape, size) for w, _j in moved]
         cache[key] = small, (forbidden if forbidden.any() else None)
     small, forbidden = cache[key]
     if not small.any() and forbidden is None:
         return None
-    return Edge(src, dst, k, small, np.array([uo[s] for s in outs]), np.array([ui[s] for s in wants]), forbidden)
+    return Edge(src, dst, k, small, np.array([uo[s] for s in outs]), np.array([ui[s] for s in wants]), forbidden,
+                bucketed is not None)

@@ -122,8 +122,9 @@ def grad_sync_time(local: float, spec: ShardingSpec, cluster: ClusterInfo,
     """
     used = spec.used_axes()
     share = min(1.0, local / bucket_bytes)
-    return sum(cluster.alpha[a] * share + 2 * (n - 1) / n * local * cluster.beta[a]
-               for a, n in enumerate(cluster.mesh_shape) if n > 1 and a not in used)
+    return sum(alpha * share + 2 * (n - 1) / n * local * beta
+               for a, n in enumerate(cluster.mesh_shape) if n > 1 and a not in used
+               for alpha, beta in (cluster.link(a),))
 
 
 def price(node: fx.Node, out: ShardingSpec | None, inputs: Sequence[ShardingSpec | None],
@@ -165,7 +166,7 @@ def price(node: fx.Node, out: ShardingSpec | None, inputs: Sequence[ShardingSpec
     compute = max(flops / rate, traffic / (cluster.mem_bandwidth * cluster.efficiency))
 
     memory = saved_local_bytes(node, out, inputs, mesh)
-    return Strategy(out, inputs, compute, vocab_parallel_comm(node, inputs, cluster), memory)
+    return Strategy(out, inputs, compute, cross_entropy_comm(node, inputs, cluster), memory)
 
 
 def saved_share(node: fx.Node, out: ShardingSpec, inputs: Sequence[ShardingSpec | None], mesh) -> float:
@@ -274,15 +275,27 @@ def _root_global_bytes(node: fx.Node, root) -> float:
     return _global_bytes(tm[root[1]] if root[1] is not None and is_tuple_meta(tm) else tm)
 
 
-def vocab_parallel_comm(node: fx.Node, inputs: Sequence[ShardingSpec | None], cluster: ClusterInfo) -> float:
-    """Cross-entropy with its class dim split (runtime/vocab_parallel.py): on each vocab axis, two
-    all-reduces in forward (the N_local row maxima, then the sums of exp and the target logits, 2 N_local
-    values) and one of the output's gradient in backward. Every other op communicates only on edges: 0."""
-    if node.meta.get("op") != "cross_entropy" or not inputs or inputs[0] is None or inputs[0].ndim != 2:
+def cross_entropy_comm(node: fx.Node, inputs: Sequence[ShardingSpec | None], cluster: ClusterInfo) -> float:
+    """The collectives cross-entropy issues itself; every other op communicates only on edges: 0.
+
+    - its class dim split (runtime/vocab_parallel.py): on each vocab axis, two all-reduces in forward (the
+      N_local row maxima, then the sums of exp and the target logits, 2 N_local values) and one of the
+      output's gradient in backward;
+    - its batch split with ``reduction="mean"`` (localize.ShardedCrossEntropy): on each batch axis, one
+      all-reduce of the count of targets that are not ignored (one value, no gradient).
+    """
+    if node.meta.get("op") != "cross_entropy" or not inputs or inputs[0] is None or not inputs[0].ndim:
         return 0.0
     spec, tm = inputs[0], node.all_input_nodes[0].meta["tensor"]
     mesh = cluster.mesh_shape
-    rows = tm.shape[0] / spec.shards(0, mesh) * itemsize(tm.dtype)  # bytes of N_local values
-    out = rows if node.kwargs.get("reduction", "mean") == "none" else itemsize(tm.dtype)
-    return sum(3 * cluster.alpha[a] + 2 * (mesh[a] - 1) / mesh[a] * (3 * rows + out) * cluster.beta[a]
-               for a in spec.dims[1] if mesh[a] > 1)
+    reduction = node.kwargs.get("reduction", "mean")
+    seconds = 0.0
+    if spec.ndim == 2:
+        rows = tm.shape[0] / spec.shards(0, mesh) * itemsize(tm.dtype)  # bytes of N_local values
+        out = rows if reduction == "none" else itemsize(tm.dtype)
+        seconds += sum(3 * alpha + 2 * (mesh[a] - 1) / mesh[a] * (3 * rows + out) * beta
+                       for a in spec.dims[1] if mesh[a] > 1 for alpha, beta in (cluster.link(a),))
+    if reduction == "mean":
+        seconds += sum(alpha + 2 * (mesh[a] - 1) / mesh[a] * itemsize(tm.dtype) * beta
+                       for a in spec.dims[0] if mesh[a] > 1 for alpha, beta in (cluster.link(a),))
+    return seconds

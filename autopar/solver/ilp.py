@@ -250,7 +250,8 @@ class _Ilp:
             return "vec", rows, cols, ou
         ra, ca = np.unique(rows), np.unique(cols)
         key = (ou, ov, rows.tobytes(), cols.tobytes())
-        if key not in self.e and self.use_flows and edge.forbidden is None and self.sg.reshard is not None \
+        if key not in self.e and self.use_flows and edge.forbidden is None and not edge.bucketed \
+                and self.sg.reshard is not None \
                 and len(ra) * len(ca) > FLOW_MIN:
             fkey = key + self._shape_key(edge)
             if fkey not in self.flows:

@@ -53,5 +53,8 @@ def test_loss_only_and_local_outputs_on_2x2():
     results = run_distributed(check_outputs, 4, timeout=300)
     code = results[0]["code"]
     assert "return pytree.tree_unflatten((scale_grad,), self._out_spec)" in code  # the loss alone leaves
-    assert "self.comm(float_1" not in code and "self.comm(linear," not in code  # the logits are not gathered
+    # the logits (lm_head's output, ``linear``) are not gathered to leave; the loss may still read them whole
+    # (``float_1``, their fp32 copy: cross-entropy run replicated costs no count and no loss all-reduce, which a
+    # batch-split one pays, so on GPT-2 tiny's 128-word vocabulary the planner may gather them)
+    assert "self.comm(linear," not in code
     assert results[0]["spec"] != "RRR"  # a local output stays sharded
