@@ -17,9 +17,9 @@ For GPT-2 autopar runs with ``outputs="loss"`` (DDP and FSDP2 return each rank's
 default ``"all"`` would gather the whole batch's). A step is forward, backward and AdamW. Per
 engine: step time (median, ms) and autopar's ratio to the other engine; collectives and bytes per
 step (counted by wrapping torch.distributed's collectives); for autopar, the plan's predicted
-communication time against the measured one (a separate step in which every collective is timed to
-its completion), with the preset's alpha/beta and with ``ClusterInfo.profile()``'s; peak RSS per
-rank. Prints a table and writes JSON.
+communication time against the measured one (at least nine separate steps and 3 s, every collective timed to
+its completion; each collective's median, summed), with the preset's alpha/beta and with
+``ClusterInfo.profile()``'s; peak RSS per rank. Prints a table and writes JSON.
 """
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-COLLECTIVES = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "all_to_all_single", "broadcast",
-               "all_gather", "reduce_scatter", "_all_gather_base", "_reduce_scatter_base")
+COLLECTIVES = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "all_gather_single",
+               "reduce_scatter_single", "all_to_all_single", "broadcast", "all_gather", "reduce_scatter",
+               "_all_gather_base", "_reduce_scatter_base")
 
 
 class CommCount:
@@ -83,7 +84,7 @@ class CommTimer:
     def __init__(self) -> None:
         import torch.distributed as dist
 
-        self.dist, self.seconds, self._real = dist, 0.0, {}
+        self.dist, self.calls, self._real = dist, [], {}
 
     def __enter__(self):
         for name in COLLECTIVES:
@@ -98,7 +99,7 @@ class CommTimer:
                 work = _real(*args, **kwargs)
                 if work is not None and hasattr(work, "wait"):
                     work.wait()
-                self.seconds += time.perf_counter() - t0
+                self.calls.append(time.perf_counter() - t0)
                 return work
 
             setattr(self.dist, name, wrapped)
@@ -107,6 +108,27 @@ class CommTimer:
     def __exit__(self, *exc):
         for name, real in self._real.items():
             setattr(self.dist, name, real)
+
+
+def _steps_for(seconds: float, module, opt, inputs) -> int:
+    """How many steps fill ``seconds`` (at least nine), agreed by every rank (the slowest rank's step time)."""
+    import torch
+    import torch.distributed as dist
+
+    t0 = time.perf_counter()
+    _step(module, opt, inputs)
+    took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    dist.all_reduce(took, op=dist.ReduceOp.MAX)
+    return max(9, int(seconds / float(took)))
+
+
+def typical_comm(steps: list[list[float]]) -> float:
+    """Seconds of communication in a typical step: each collective's median over the steps, summed (on a loaded
+    2-core machine one small collective now and then takes ms instead of a fraction of one, and a median of the
+    steps' sums still carries such jumps)."""
+    if len({len(s) for s in steps}) != 1:  # the steps issued different collectives: the median step
+        return statistics.median(sum(s) for s in steps)
+    return sum(statistics.median(times) for times in zip(*steps))
 
 
 def _gpt2():
@@ -234,12 +256,12 @@ def run_pair(rank: int, world: int, kind: str, steps: int) -> dict:
     for label, module in (("preset", ours), ("profiled", ours_profiled)):
         opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
         _step(module, opt, inputs)
-        seconds = []
-        for _ in range(3):
+        steps = []
+        for _ in range(_steps_for(3.0, module, opt, inputs)):  # at least nine, and 3 s: small steps, more of them
             with CommTimer() as timer:
                 _step(module, opt, inputs)
-            seconds.append(timer.seconds)
-        measured[label] = (module.plan.sharding.comm_time, statistics.median(seconds))
+            steps.append(timer.calls)
+        measured[label] = (module.plan.sharding.comm_time, typical_comm(steps))
     chunks = len(ours._grad_sync.chunks)
     return {"kind": kind, "step_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
             "collectives": counts, "comm": measured, "chunks": chunks,
