@@ -282,6 +282,9 @@ class ClusterInfo:
 
     def describe(self) -> str:
         mesh = "x".join(map(str, self.mesh_shape))
+        links = ", ".join(f"{a * 1e6:.0f} us + {1 / b / 1e9:.3g} GB/s" for a, b in zip(self.alpha, self.beta))
+        kinds = "".join(f"; {kind.replace('_', '-')} x{a:.2g} latency, x{b:.2g} per byte"
+                        for kind, a, b in self.collectives)
         return (f"{self.name}: mesh {mesh} ({self.world_size} {self.device_type} devices), "
                 f"{self.memory_per_device / GiB:.1f} GiB each, {self.peak_flops / 1e12:.0f} TFLOP/s half, "
-                f"{self.mem_bandwidth / 1e9:.0f} GB/s")
+                f"{self.mem_bandwidth / 1e9:.0f} GB/s; all-reduce links per axis {links}{kinds}")

@@ -125,3 +125,14 @@ def test_profile_measures_every_kind_and_every_rank_plans_with_the_same_numbers(
     assert 0 < alpha < 1 and 0 < beta < 1e-6 and name == "cpu:2 (profiled)"
     assert {k for k, _a, _b in collectives} <= {"all_gather", "reduce_scatter", "all_to_all"}
     assert all(a > 0 and b > 0 for _k, a, b in collectives)
+
+
+def test_measured_collective_factors_survive_a_saved_plan_and_are_described():
+    import json
+
+    from autopar.solver.full_plan import cluster_from_json, cluster_json
+
+    measured = dataclasses.replace(ClusterInfo.preset("cpu:2"), collectives=(("reduce_scatter", 0.9, 4.2),))
+    assert cluster_from_json(json.loads(json.dumps(cluster_json(measured)))) == measured
+    assert "reduce-scatter x0.9 latency, x4.2 per byte" in measured.describe()
+    assert "50 us + 2 GB/s" in measured.describe()
