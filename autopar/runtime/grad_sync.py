@@ -123,8 +123,9 @@ class GradSync:
                 slot.param.data = view
 
     # ---- backward --------------------------------------------------------------------------
-    def contribute(self, slot: Slot, grad: torch.Tensor) -> None:
-        """One use's gradient contribution to ``slot`` (called from ``param_use``'s backward)."""
+    def contribute(self, slot: Slot, grad: torch.Tensor | None) -> None:
+        """One use's gradient contribution to ``slot`` (called from ``param_use``'s backward); None: the use's
+        value did not reach the loss (a weight gathered in a bucket whose whole tensor got no gradient)."""
         chunk = self._slot_chunk[id(slot)]
         if not self._queued:  # once per backward: wait for everything when the engine is done
             torch.autograd.Variable._execution_engine.queue_callback(self._finish)
@@ -135,6 +136,12 @@ class GradSync:
                 for s in c.slots:
                     s.arrived = 0
             self._next = 0
+        if grad is None:  # this use's value never reached the loss: it counts as delivered, adds nothing
+            slot.arrived += 1
+            chunk.pending -= 1
+            if self.sync and chunk.pending == 0:
+                self._launch_ready()
+            return
         if self.gemini is not None:
             self.gemini.grads_use(chunk)
         if not chunk.touched:
@@ -254,6 +261,10 @@ class _ParamUse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, param, sync, slot):
         ctx.sync, ctx.slot = sync, slot
+        # no zeros for a gradient that never came: autograd still runs this backward when the op after it
+        # returned None (a bucket member whose whole tensor did not reach the loss), and zeros would give the
+        # parameter a .grad where one device leaves None (fuzz seeds 241, 715, 889 on (2, 2))
+        ctx.set_materialize_grads(False)
         return param.view_as(param)
 
     @staticmethod

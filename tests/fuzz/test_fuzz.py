@@ -18,6 +18,8 @@ CI_SEEDS = (*range(0, 64), 74)  # 74: the first seed past 63 with a tied linear 
 
 # Seeds whose graphs found a bug, and what it was (each fixed at its root; they run with the fixed set).
 REGRESSIONS = {
+    241: "on (2, 2) a weight replicated on one axis and gathered in a bucket on the other got a zero gradient where "
+         "one device leaves None: its grad-sync read materialised the bucket's None as zeros (also 715, 889)",
     12086: "a rank's half of a batch made F.group_norm's one-value check refuse a shape the whole batch passes",
     282: "a weight gathered in a bucket whose whole tensor never reached the loss got a zero gradient, not None",
     13: "a Conv1d only dead code read lost its parameters from full_state_dict() (the graph has changed since "
