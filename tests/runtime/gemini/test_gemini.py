@@ -195,7 +195,13 @@ def test_one_rank_auto_under_a_40_percent_cap_and_static_equal_no_offload():
 
 def test_two_gloo_ranks_static_and_auto_equal_the_single_device_run():
     reports = run_distributed(check_two_ranks, 2, timeout=400)
-    assert reports[0] == reports[1]  # the same chunks, events and moves on both ranks
+    # the same chunks, events and moves on both ranks
+    peaks = [r.pop("non_model_peak") for r in reports]
+    assert reports[0] == reports[1]
+    # the non-model peaks only nearly: gloo's worker thread sometimes drops the last reference to a collective's
+    # buffer after the rank moved on, so the simulated device frees those bytes (16 KiB here) a little later on
+    # one rank than on the other (measured: TrackedDevice._free called off the main thread 0 to 4 times a run)
+    assert abs(peaks[0] - peaks[1]) <= 0.05 * max(peaks), peaks
 
 
 def test_offload_option_is_validated():
