@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import operator
 from functools import lru_cache
 
@@ -46,7 +45,7 @@ from autopar.runtime.grad_sync import DEFAULT_BUCKET_BYTES, GradSync, ParamUse
 from autopar.runtime.localize import ShardedCrossEntropy, local_args, local_target, mean_scale, vocab_parallel_module
 from autopar.runtime.materialise import TracedWeights
 from autopar.runtime.parallel_module import LocalOutput, ParallelModule, ParamLayout
-from autopar.runtime.param_gather import BucketGather, gathered_weight, partition
+from autopar.runtime.param_gather import BucketGather, gathered_weight, partition, single_gather
 from autopar.runtime.rng import SeededRandom, StepCounter, draws_random
 from autopar.runtime.sync_batchnorm import sharded_batch_norm
 from autopar.spec import ShardingSpec
@@ -208,11 +207,9 @@ class _Emitter:
                 if arg.name in recomputed or any(u.name in recomputed or u.op == "output" for u in readers):
                     continue
                 tm = arg.meta["tensor"]
-                steps = sc.plan(src, want, tuple(tm.shape), tm.dtype.itemsize)
-                if len(steps) != 1 or steps[0].kind != "all_gather" or self.mesh.size(steps[0].axis) == 1:
-                    continue
-                nbytes = math.prod(want.local_shape(tm.shape, self.mesh_shape)) * tm.dtype.itemsize  # gathered
-                candidates.append((arg, want, steps[0].axis, steps[0].dim, tm.dtype, nbytes))
+                gather = single_gather(sc, src, want, tm.shape, tm.dtype.itemsize, self.mesh_shape)
+                if gather is not None:
+                    candidates.append((arg, want, gather[0], gather[1], tm.dtype, gather[2]))
         for bucket in partition(candidates, bucket_bytes):
             for node, want, _dim in bucket.members:
                 self.bucket_of[(node, want)] = bucket

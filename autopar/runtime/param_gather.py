@@ -40,6 +40,16 @@ def gathered_weight(node) -> bool:
             and tm.dtype.is_floating_point)
 
 
+def single_gather(sc, src, want, shape, itemsize: int, mesh_shape) -> tuple[int, int, float] | None:
+    """(axis, dim, gathered bytes) when turning a weight laid out as ``src`` into ``want`` is one all-gather on a
+    mesh axis of size > 1, the gathers that go in buckets (codegen's ``plan_gathers``, priced by the planner
+    as their share of a bucket: solver/build.py); None otherwise."""
+    steps = sc.plan(src, want, tuple(shape), itemsize)
+    if len(steps) != 1 or steps[0].kind != "all_gather" or mesh_shape[steps[0].axis] == 1:
+        return None
+    return steps[0].axis, steps[0].dim, math.prod(want.local_shape(tuple(shape), mesh_shape)) * itemsize
+
+
 @dataclass
 class Bucket:
     """Members gathered together: (traced node, the spec it is gathered to, its split dim)."""

@@ -21,7 +21,6 @@ pair of strategies where the consumer wants another spec than the producer makes
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch.fx as fx
 
 from autopar.cluster import ClusterInfo
-from autopar.runtime.param_gather import gathered_weight
+from autopar.runtime.param_gather import gathered_weight, single_gather
 from autopar.solver.cost_model import Pricing, itemsize
 from autopar.solver.strategies import memoised_strategies
 from autopar.solver.strategies.base import is_tuple_meta
@@ -133,11 +132,11 @@ def _bucket_share(manager, cluster: ClusterInfo, bucket_bytes: float):
     """``(src, dst, shape, itemsize) -> seconds`` to take off a weight's priced gather ``src -> dst`` for the
     bucket it travels in (0 where the gather is not one all-gather on a mesh axis: it runs alone)."""
     def discount(src: ShardingSpec, dst: ShardingSpec, shape, size: int) -> float:
-        steps = manager.plan(src, dst, shape, size)
-        if len(steps) != 1 or steps[0].kind != "all_gather" or cluster.mesh_shape[steps[0].axis] == 1:
+        gather = single_gather(manager, src, dst, shape, size, cluster.mesh_shape)
+        if gather is None:
             return 0.0
-        gathered = math.prod(dst.local_shape(tuple(shape), cluster.mesh_shape)) * size
-        latency = sum(cluster.link(steps[0].axis, kind)[0] for kind in ("all_gather", "reduce_scatter"))
+        axis, _dim, gathered = gather
+        latency = sum(cluster.link(axis, kind)[0] for kind in ("all_gather", "reduce_scatter"))
         return latency * (1 - min(1.0, gathered / bucket_bytes))
     return discount
 
