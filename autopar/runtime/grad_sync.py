@@ -136,20 +136,15 @@ class GradSync:
                 for s in c.slots:
                     s.arrived = 0
             self._next = 0
-        if grad is None:  # this use's value never reached the loss: it counts as delivered, adds nothing
-            slot.arrived += 1
-            chunk.pending -= 1
-            if self.sync and chunk.pending == 0:
-                self._launch_ready()
-            return
-        if self.gemini is not None:
-            self.gemini.grads_use(chunk)
-        if not chunk.touched:
-            self._open(chunk)
-        view = chunk.view(chunk.grads, slot)
-        view.add_(grad.reshape(view.shape))
+        if grad is not None:  # None: this use's value never reached the loss; it counts as delivered, adds nothing
+            if self.gemini is not None:
+                self.gemini.grads_use(chunk)
+            if not chunk.touched:
+                self._open(chunk)
+            view = chunk.view(chunk.grads, slot)
+            view.add_(grad.reshape(view.shape))
+            slot.received = True
         slot.arrived += 1
-        slot.received = True
         chunk.pending -= 1
         if self.sync and chunk.pending == 0:
             self._launch_ready()
