@@ -3,8 +3,8 @@
 All quantities are SI: bytes, seconds, FLOP/s, bytes/s. An all-reduce on mesh axis ``a``
 costs ``alpha[a] + beta[a] * bytes_on_the_wire`` (ring factors are applied by the cost
 model); another kind of collective (all-gather, reduce-scatter, all-to-all) scales alpha and beta
-by its factors in ``collectives`` where they were measured (``profile``: gloo moves a byte of an
-all-gather about 2.5x, of a reduce-scatter 4x slower than one of an all-reduce), else by 1
+by its factors in ``collectives`` where they were measured (``profile``: on gloo here a byte of an
+all-gather costs about 1.5x, of a reduce-scatter about 4x, one of an all-reduce), else by 1
 (``link``). Ranks map to mesh coordinates in row-major order: on a (2, 4) mesh rank 5 is (1, 1).
 
 A cluster may also know its physical layout (``Topology``: nodes x devices per node, the link

@@ -47,9 +47,11 @@ def profile_links(cluster, mesh=None, *, sizes=SIZES, repeats: int = 7):
         group = mesh.group(axis)
         fits = {}
         for kind in KINDS:
-            wire = 2 * (n - 1) / n if kind == "all_reduce" else (n - 1) / n
+            # bytes on the wire per byte of this rank's input: the ring's 2 (n-1)/n of it for an all-reduce,
+            # (n-1)/n of the n-times larger side for the others
+            wire = 2 * (n - 1) / n if kind == "all_reduce" else n - 1
             times = [_time(kind, size, n, group, mesh.device, repeats) for size in sizes]
-            fits[kind] = fit([wire * size * (n if kind != "all_reduce" else 1) for size in sizes], times)
+            fits[kind] = fit([wire * size for size in sizes], times)
         alpha[axis], beta[axis] = fits["all_reduce"]
         for kind in KINDS[1:]:
             ratios[kind].append((fits[kind][0] / alpha[axis], fits[kind][1] / beta[axis]))
