@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import operator
 from functools import lru_cache
 
@@ -39,6 +40,7 @@ import torch
 import torch.fx as fx
 
 from autopar.errors import AutoparError, NodeError
+from autopar.runtime.collectives import AllReduceLaterFwdScaleBwd
 from autopar.runtime.gemini import ChunkFetch
 from autopar.runtime.gemini import attach as attach_gemini
 from autopar.runtime.grad_sync import DEFAULT_BUCKET_BYTES, GradSync, ParamUse
@@ -80,6 +82,20 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad * ctx.factor, None
+
+
+class SumLater(torch.nn.Module):
+    """``collectives.AllReduceLaterFwdScaleBwd`` over ``group`` (``n`` ranks), as a module of the per-rank graph."""
+
+    def __init__(self, group, n: int) -> None:
+        super().__init__()
+        self.group, self.n = group, n
+
+    def forward(self, x):
+        return AllReduceLaterFwdScaleBwd.apply(x, self.group, self.n)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}"
 
 
 def scale_grad(x, factor: float):
@@ -362,8 +378,33 @@ class _Emitter:
             return self.env[node]
         if "local_out" in self.root and spec.ndim:  # as it is: this rank's shard, its gradient its own piece
             return self.graph.call_module("local_out", (self.env[node], str(spec), _global_shape(node)))
-        value = self.arrive(node, ShardingSpec.replicate(spec.ndim))
+        replicated = ShardingSpec.replicate(spec.ndim)
+        later = None if (node, replicated) in self.resharded else self.sum_later(node, spec)
+        if later is not None:  # a scalar (the loss) summed while backward starts: nothing waits in forward
+            value = self.graph.call_function(scale_grad, (self.env[node], 1.0 / self.mesh.world_size))
+            return self.graph.call_module(later, (value,))
+        value = self.arrive(node, replicated)
         return self.graph.call_function(scale_grad, (value, 1.0 / self.mesh.world_size))
+
+    def sum_later(self, node: fx.Node, spec: ShardingSpec) -> str | None:
+        """The module summing a partial scalar output without waiting (``collectives.PendingSum``), or None
+        where the sum is not one all-reduce of one group (a partial on some, not all, of several axes) or
+        its gradient is not the same on every rank."""
+        live = [a for a in spec.partial if self.mesh_shape[a] > 1]
+        every = [a for a, n in enumerate(self.mesh_shape) if n > 1]
+        if spec.ndim or not live or not node.meta["tensor"].dtype.is_floating_point:
+            return None
+        if not all(self.reads_uniform(u, a) for a in live for u in node.users):
+            return None
+        if len(live) == 1:
+            group = self.mesh.group(live[0])
+        elif live == every:
+            group = torch.distributed.group.WORLD
+        else:
+            return None
+        name = f"sum_later_{node.name}"
+        self.root[name] = SumLater(group, math.prod(self.mesh_shape[a] for a in live))
+        return name
 
     def getitem(self, node: fx.Node) -> fx.Node:
         """An element of a tuple-valued node, then resharded on its own if the plan asks."""
@@ -431,10 +472,13 @@ class _Emitter:
             self.root[f"bn_{node.name}"] = sharded_batch_norm(node, strategy, self.stored_specs(node), self.mesh,
                                                                   self.root["comm"].sc)
             new = self.graph.call_module(f"bn_{node.name}", args, kwargs)
-        elif batch_axes:
+        elif batch_axes:  # the target's rows as the logits' (a local slice where it is held whole), the count
+            held = strategy.inputs[1]  # from the target as held
+            rows = ShardingSpec((batch_axes,) + held.dims[1:])
+            target = args[1] if rows == held else self.reshard(args[1], held, rows, _global_shape(node.args[1]))
             name = f"ce_{node.name}"
-            self.root[name] = ShardedCrossEntropy(self.mesh, batch_axes)
-            new = self.graph.call_module(name, args, kwargs)
+            self.root[name] = ShardedCrossEntropy(self.mesh, held.dims[0])
+            new = self.graph.call_module(name, (args[0], target, args[1]) + tuple(args[2:]), kwargs)
         elif draws_random(node):  # under a seed of its own, by the shard of the output it makes
             name = f"rng_{node.name}"
             shard = tuple(strategy.output.shard_index(d, self.mesh_shape, self.mesh.coord)

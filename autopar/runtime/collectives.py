@@ -156,6 +156,72 @@ class AllReduceFwdScaleBwd(torch.autograd.Function):
         return g * ctx.n, None, None
 
 
+class PendingSum(torch.Tensor):
+    """A value an asynchronous all-reduce is still writing: any use of it waits for the reduction first.
+
+    Autograd's seed for ``backward()`` (``ones_like``) and the other ``*_like`` factories read only its
+    shape, so ``loss.backward()`` starts at once while the loss's sum is on the wire; ``loss.item()``,
+    printing, arithmetic, ``detach()`` see the reduced value. Views share the pending reduction.
+    """
+
+    _METADATA_ONLY = (torch.ops.aten.ones_like.default, torch.ops.aten.zeros_like.default,
+                      torch.ops.aten.empty_like.default)
+
+    @staticmethod
+    def __new__(cls, elem: torch.Tensor, work):
+        r = torch.Tensor._make_wrapper_subclass(cls, elem.size(), strides=elem.stride(),
+                                                storage_offset=elem.storage_offset(), dtype=elem.dtype,
+                                                layout=elem.layout, device=elem.device,
+                                                requires_grad=elem.requires_grad)
+        r.elem, r.work = elem, work
+        return r
+
+    def value(self) -> torch.Tensor:
+        """The reduced tensor (waits for the reduction the first time)."""
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+        return self.elem
+
+    def __repr__(self) -> str:  # type: ignore[override]
+        return repr(self.value())
+
+    def tolist(self):
+        return self.value().tolist()
+
+    def numpy(self, *args, **kwargs):  # type: ignore[override]
+        return self.value().numpy(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        from torch.utils._pytree import tree_map_only
+
+        kwargs = kwargs or {}
+        if func in cls._METADATA_ONLY:
+            return func(*tree_map_only(PendingSum, lambda p: p.elem, args), **kwargs)
+        if func.is_view:  # an alias of the buffer being written: pending too
+            pending = [a for a in args if isinstance(a, PendingSum)][0]
+            out = func(*tree_map_only(PendingSum, lambda p: p.elem, args), **kwargs)
+            return tree_map_only(torch.Tensor, lambda t: PendingSum(t, pending.work), out)
+        return func(*tree_map_only(PendingSum, PendingSum.value, args),
+                    **tree_map_only(PendingSum, PendingSum.value, kwargs))
+
+
+class AllReduceLaterFwdScaleBwd(torch.autograd.Function):
+    """AllReduceFwdScaleBwd whose forward does not wait: it returns a ``PendingSum``. For a scalar the
+    module returns (a loss), so that no rank waits for the others between forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, group, n):
+        ctx.n = n
+        out = x.detach().clone(memory_format=torch.contiguous_format)
+        return PendingSum(out, dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group, async_op=True))
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.n, None, None
+
+
 class AllToAllFwdAllToAllBwd(torch.autograd.Function):
     """All-to-all S(dim_from) -> S(dim_to) in forward, all-to-all back S(dim_to) -> S(dim_from) in backward."""
 

@@ -107,18 +107,24 @@ def mean_scale(node: fx.Node, strategy, mesh_shape: tuple[int, ...]) -> float:
 
 
 class ShardedCrossEntropy(torch.nn.Module):
-    """Cross-entropy over a batch split on mesh axes ``axes``, giving a partial sum of the global loss.
+    """Cross-entropy over a batch split on mesh axes, giving a partial sum of the global loss.
 
-    reduction='mean': loss = sum_r sum_i ce(x_ri) / N_valid, with N_valid = all-reduce of the
-    per-rank counts of targets != ignore_index (no gradient flows through the count).
-    reduction='sum': the local sum is already the partial. reduction='none': unchanged.
+    ``forward(logits, target, counted, **kwargs)``: ``target`` holds this rank's rows (those of its
+    logits); ``counted`` is the target as the plan holds it, split on ``count_axes`` only (replicated
+    on a batch axis of the logits where the plan keeps the whole batch's targets, as it does for
+    targets taken from the inputs).
+
+    reduction='mean': loss = sum_r sum_i ce(x_ri) / N_valid, with N_valid the count of ``counted``'s
+    targets != ignore_index, all-reduced over ``count_axes`` (no gradient flows through the count; on
+    the other axes every rank already counts the whole batch's). reduction='sum': the local sum is
+    already the partial. reduction='none': unchanged.
     """
 
-    def __init__(self, mesh, axes: tuple[int, ...]) -> None:
+    def __init__(self, mesh, count_axes: tuple[int, ...]) -> None:
         super().__init__()
-        self.mesh, self.axes = mesh, axes
+        self.mesh, self.count_axes = mesh, count_axes
 
-    def forward(self, logits, target, *args, **kwargs):
+    def forward(self, logits, target, counted, *args, **kwargs):
         reduction = kwargs.pop("reduction", "mean")
         if args:
             raise TypeError("canonical cross_entropy takes (logits, target) and keyword arguments")
@@ -128,11 +134,14 @@ class ShardedCrossEntropy(torch.nn.Module):
             raise NotImplementedError("batch-sharded cross_entropy with class weights")
         ignore = kwargs.get("ignore_index", -100)
         local = torch.nn.functional.cross_entropy(logits, target, reduction="sum", **kwargs)
-        count = (target != ignore).sum().to(local.dtype)
-        for axis in self.axes:
+        count = (counted != ignore).sum().to(local.dtype)
+        for axis in self.count_axes:
             if self.mesh.size(axis) > 1:
                 torch.distributed.all_reduce(count, group=self.mesh.group(axis))
         return local / count
+
+    def extra_repr(self) -> str:
+        return f"count_axes={self.count_axes}"
 
 
 def vocab_parallel_module(node: fx.Node, strategy, mesh) -> tuple[str, torch.nn.Module] | None:

@@ -281,8 +281,9 @@ def cross_entropy_comm(node: fx.Node, inputs: Sequence[ShardingSpec | None], clu
     - its class dim split (runtime/vocab_parallel.py): on each vocab axis, two all-reduces in forward (the
       N_local row maxima, then the sums of exp and the target logits, 2 N_local values) and one of the
       output's gradient in backward;
-    - its batch split with ``reduction="mean"`` (localize.ShardedCrossEntropy): on each batch axis, one
-      all-reduce of the count of targets that are not ignored (one value, no gradient).
+    - its batch split with ``reduction="mean"`` (localize.ShardedCrossEntropy): on each axis splitting the
+      target's batch, one all-reduce of the count of targets that are not ignored (one value, no gradient);
+      on an axis where the target is replicated the rank counts the whole batch's itself.
     """
     if node.meta.get("op") != "cross_entropy" or not inputs or inputs[0] is None or not inputs[0].ndim:
         return 0.0
@@ -296,6 +297,7 @@ def cross_entropy_comm(node: fx.Node, inputs: Sequence[ShardingSpec | None], clu
         seconds += sum(3 * alpha + 2 * (mesh[a] - 1) / mesh[a] * (3 * rows + out) * beta
                        for a in spec.dims[1] if mesh[a] > 1 for alpha, beta in (cluster.link(a),))
     if reduction == "mean":
+        counted = inputs[1].dims[0] if len(inputs) > 1 and inputs[1] is not None and inputs[1].ndim else ()
         seconds += sum(alpha + 2 * (mesh[a] - 1) / mesh[a] * itemsize(tm.dtype) * beta
-                       for a in spec.dims[0] if mesh[a] > 1 for alpha, beta in (cluster.link(a),))
+                       for a in counted if mesh[a] > 1 for alpha, beta in (cluster.link(a),))
     return seconds
