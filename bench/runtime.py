@@ -2,8 +2,8 @@
 
     python bench/runtime.py [--out bench/out/runtime.json] [--steps 11] [--world 2] [--only dp,fsdp,tp]
 
-Three pairs, each run alternately in one process per rank (A, B, A, B, ...; median step time after
-two warm-up steps of each; one thread per rank):
+Three pairs, each run alternately in one process per rank (A, B, B, A, ...; median step time over at
+least ``--steps`` steps and 5 s of autopar's, after two warm-up steps of each; one thread per rank):
 
 - ``dp``:   GPT-2 (4 layers, hidden 256, 4 heads, vocab 1024, seq 128, batch 8) under autopar's pure
             data-parallel plan (every weight replicated: a hand plan) against
@@ -241,8 +241,12 @@ def run_pair(rank: int, world: int, kind: str, steps: int) -> dict:
         for k, (m, i) in engines.items():
             _step(m, opts[k], i)
     times = {k: [] for k in engines}
-    for _ in range(steps):
-        for k, (m, i) in engines.items():  # alternate, so load on the machine hits both alike
+    # at least ``steps`` and 5 s of autopar's steps (a 30 ms step's median over 11 moves by 10 % between
+    # two identical modules here); alternated A, B, B, A, ..., so load and whichever engine runs first after
+    # the barrier hit both alike
+    steps = max(steps, _steps_for(5.0, ours, opts["autopar"], inputs))
+    for step in range(steps):
+        for k, (m, i) in (list(engines.items()) if step % 2 == 0 else list(engines.items())[::-1]):
             torch.distributed.barrier()
             t0 = time.perf_counter()
             _step(m, opts[k], i)
@@ -263,7 +267,7 @@ def run_pair(rank: int, world: int, kind: str, steps: int) -> dict:
             steps.append(timer.calls)
         measured[label] = (module.plan.sharding.comm_time, typical_comm(steps))
     chunks = len(ours._grad_sync.chunks)
-    return {"kind": kind, "step_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
+    return {"kind": kind, "step_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}, "steps": steps,
             "collectives": counts, "comm": measured, "chunks": chunks,
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "plan": [str(r.strategy) for r in ours.plan.rows if r.op == "param"][:4]}
