@@ -244,8 +244,8 @@ def run_pair(rank: int, world: int, kind: str, steps: int) -> dict:
     # at least ``steps`` and 5 s of autopar's steps (a 30 ms step's median over 11 moves by 10 % between
     # two identical modules here); alternated A, B, B, A, ..., so load and whichever engine runs first after
     # the barrier hit both alike
-    steps = max(steps, _steps_for(5.0, ours, opts["autopar"], inputs))
-    for step in range(steps):
+    timed = max(steps, _steps_for(5.0, ours, opts["autopar"], inputs))
+    for step in range(timed):
         for k, (m, i) in (list(engines.items()) if step % 2 == 0 else list(engines.items())[::-1]):
             torch.distributed.barrier()
             t0 = time.perf_counter()
@@ -267,7 +267,7 @@ def run_pair(rank: int, world: int, kind: str, steps: int) -> dict:
             steps.append(timer.calls)
         measured[label] = (module.plan.sharding.comm_time, typical_comm(steps))
     chunks = len(ours._grad_sync.chunks)
-    return {"kind": kind, "step_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}, "steps": steps,
+    return {"kind": kind, "step_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}, "steps": timed,
             "collectives": counts, "comm": measured, "chunks": chunks,
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "plan": [str(r.strategy) for r in ours.plan.rows if r.op == "param"][:4]}
