@@ -142,7 +142,10 @@ class GradSync:
             if not chunk.touched:
                 self._open(chunk)
             view = chunk.view(chunk.grads, slot)
-            view.add_(grad.reshape(view.shape))
+            if slot.received:  # a second use, or a micro-batch after the first: summed
+                view.add_(grad.reshape(view.shape))
+            else:  # the window's first contribution overwrites what the slot held (no zeroing pass first)
+                view.copy_(grad.reshape(view.shape))
             slot.received = True
         slot.arrived += 1
         chunk.pending -= 1
@@ -150,7 +153,9 @@ class GradSync:
             self._launch_ready()
 
     def _open(self, chunk: Chunk) -> None:
-        """Start an accumulation window: a zeroed gradient buffer (keeping any ``.grad`` the user still holds)."""
+        """Start an accumulation window (keeping any ``.grad`` the user still holds). The buffer is not zeroed:
+        a slot's first contribution overwrites it, and a slot none reached is zeroed before the reduction
+        (``_launch``). Zeroing 13 MiB and adding into it cost GPT-2 4x256's backward 2-3 ms more than copying."""
         if self.gemini is not None:
             pass  # the manager made the buffer, zeroed (it refuses to sum into one left from an earlier step)
         elif chunk.grads is None:
@@ -160,7 +165,6 @@ class GradSync:
                 g = slot.param.grad
                 if g is not None and _views(g, chunk.grads):
                     slot.param.grad = g.clone()
-            chunk.grads.zero_()
         for slot in chunk.slots:
             slot.received = False
         chunk.touched = True
@@ -176,6 +180,9 @@ class GradSync:
             return
         if self.gemini is not None:
             self.gemini.grads_use(chunk)  # the collective reads the buffer on the device
+        for slot in chunk.slots:  # what it holds from an earlier window is no contribution of this one
+            if not slot.received:
+                chunk.view(chunk.grads, slot).zero_()
         if chunk.groups:
             chunk.wire = chunk.grads if chunk.grads.dtype == self.reduce_dtype else chunk.grads.to(self.reduce_dtype)
             chunk.handle = dist.all_reduce(chunk.wire, group=chunk.groups[0], async_op=True)
