@@ -40,7 +40,7 @@ import torch
 import torch.fx as fx
 
 from autopar.errors import AutoparError, NodeError
-from autopar.runtime.collectives import AllReduceLaterFwdScaleBwd
+from autopar.runtime.collectives import SumLater
 from autopar.runtime.gemini import ChunkFetch
 from autopar.runtime.gemini import attach as attach_gemini
 from autopar.runtime.grad_sync import DEFAULT_BUCKET_BYTES, GradSync, ParamUse
@@ -82,20 +82,6 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad * ctx.factor, None
-
-
-class SumLater(torch.nn.Module):
-    """``collectives.AllReduceLaterFwdScaleBwd`` over ``group`` (``n`` ranks), as a module of the per-rank graph."""
-
-    def __init__(self, group, n: int) -> None:
-        super().__init__()
-        self.group, self.n = group, n
-
-    def forward(self, x):
-        return AllReduceLaterFwdScaleBwd.apply(x, self.group, self.n)
-
-    def extra_repr(self) -> str:
-        return f"n={self.n}"
 
 
 def scale_grad(x, factor: float):

@@ -207,9 +207,9 @@ class PendingSum(torch.Tensor):
                     **tree_map_only(PendingSum, PendingSum.value, kwargs))
 
 
-class AllReduceLaterFwdScaleBwd(torch.autograd.Function):
-    """AllReduceFwdScaleBwd whose forward does not wait: it returns a ``PendingSum``. For a scalar the
-    module returns (a loss), so that no rank waits for the others between forward and backward."""
+class AllReduceLaterFwdScaleBwd(AllReduceFwdScaleBwd):
+    """AllReduceFwdScaleBwd (its backward) whose forward does not wait: it returns a ``PendingSum``. For a
+    scalar the module returns (a loss), so that no rank waits for the others between forward and backward."""
 
     @staticmethod
     def forward(ctx, x, group, n):
@@ -217,9 +217,19 @@ class AllReduceLaterFwdScaleBwd(torch.autograd.Function):
         out = x.detach().clone(memory_format=torch.contiguous_format)
         return PendingSum(out, dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group, async_op=True))
 
-    @staticmethod
-    def backward(ctx, g):
-        return g * ctx.n, None, None
+
+class SumLater(torch.nn.Module):
+    """``AllReduceLaterFwdScaleBwd`` over ``group`` (``n`` ranks), as a module of the per-rank graph."""
+
+    def __init__(self, group, n: int) -> None:
+        super().__init__()
+        self.group, self.n = group, n
+
+    def forward(self, x):
+        return AllReduceLaterFwdScaleBwd.apply(x, self.group, self.n)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}"
 
 
 class AllToAllFwdAllToAllBwd(torch.autograd.Function):

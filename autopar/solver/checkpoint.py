@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from autopar.solver.checkpoint_dp import Chain, Schedule, no_checkpoint, plan_chain
-from autopar.solver.checkpoint_saved import StrategyOf, root_bytes, root_key, saved_storages
+from autopar.solver.checkpoint_saved import StrategyOf, root_bytes, root_key, root_keys, saved_storages
 from autopar.solver.cost_model import local_bytes
 from autopar.tracer.canonical import updates_statistics
 from autopar.tracer.meta import is_multi, tensor_meta
@@ -92,7 +92,7 @@ def forward_time(nodes, strategy_of: StrategyOf) -> float:
     return forward
 
 
-def _stage_costs(stage: list[fx.Node], entry: fx.Node | None, mesh_shape, strategy_of: StrategyOf
+def _stage_costs(stage: list[fx.Node], entry: fx.Node | None, by_name: dict, mesh_shape, strategy_of: StrategyOf
                  ) -> tuple[float, float]:
     """(forward time, input bytes x) of one stage; saved and held bytes come from ``_held``.
 
@@ -105,11 +105,10 @@ def _stage_costs(stage: list[fx.Node], entry: fx.Node | None, mesh_shape, strate
         strategy = strategy_of(entry)
         x = local_bytes(tensor_meta(entry), strategy.output, mesh_shape) if strategy is not None \
             else tensor_meta(entry).nbytes
-        by_name = {n.name: n for n in entry.graph.nodes}
-        roots = [r for r in entry.meta["storage"].roots if r is not None and by_name[r[0]].op != "get_attr"] \
-            if "storage" in entry.meta else []
-        if roots:
-            x = max(x, sum(root_bytes(by_name[name], i, mesh_shape, strategy_of) for name, i in roots))
+        roots = [r for r in entry.meta["storage"].roots if r is not None] if "storage" in entry.meta else []
+        kept = root_keys(by_name, roots, mesh_shape, strategy_of)
+        if kept:
+            x = max(x, sum(kept.values()))
     return forward_time(stage, strategy_of), x
 
 
@@ -184,7 +183,8 @@ def chain_of(gm: fx.GraphModule, mesh_shape, strategy_of: StrategyOf, background
     stages = _stages(gm)
     stages = _merge(stages, max_stages, _saved([s for s, _e in stages], saves, {}))
     nodes = [s for s, _e in stages]
-    costs = [_stage_costs(s, e, mesh_shape, strategy_of) for s, e in stages]
+    by_name = {n.name: n for n in gm.graph.nodes}
+    costs = [_stage_costs(s, e, by_name, mesh_shape, strategy_of) for s, e in stages]
     shared, reads, born = _shared_storages(gm, nodes, mesh_shape, strategy_of)
     held = [_held(span, saves, shared, background) for span in _spans(gm, nodes)]
     holds = tuple(sum(1 << r for r, key in enumerate(shared) if any(key in saves.get(n, {}) for n in stage))

@@ -64,8 +64,8 @@ def saved_storages(gm: fx.GraphModule, mesh_shape, strategy_of: StrategyOf) -> d
             if copy is not None:
                 keys[copy[0]] = copy[1]
             else:
-                keys.update(_root_keys(by_name, roots, mesh_shape, strategy_of))
-        keys.update(_root_keys(by_name, left, mesh_shape, strategy_of))
+                keys.update(root_keys(by_name, roots, mesh_shape, strategy_of))
+        keys.update(root_keys(by_name, left, mesh_shape, strategy_of))
         out[node] = keys
     return out
 
@@ -98,7 +98,8 @@ def root_key(root) -> Key:
     return ("root", *root)
 
 
-def _root_keys(by_name, roots, mesh_shape, strategy_of: StrategyOf) -> dict[Key, float]:
+def root_keys(by_name, roots, mesh_shape, strategy_of: StrategyOf) -> dict[Key, float]:
+    """{key: local bytes} of the storages ``roots`` ((node name, output index) pairs) but parameters'."""
     out = {}
     for name, i in roots:
         node = by_name[name]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch.fx as fx
 
-from autopar.solver.checkpoint_saved import StrategyOf, root_bytes, root_key
+from autopar.solver.checkpoint_saved import StrategyOf, root_keys
 from autopar.solver.memory import CATEGORIES, MemoryModel
 
 _NOT_OPS = ("placeholder", "get_attr", "output")
@@ -147,9 +147,8 @@ def simulate(gm: fx.GraphModule, mm: MemoryModel, choice, strategy_of: StrategyO
             for arg in node.all_input_nodes if node is not None else ():
                 if arg.name in inside or arg.op == "get_attr" or "storage" not in arg.meta:
                     continue
-                for root in arg.meta["storage"].roots:
-                    if root is not None and by_name[root[0]].op != "get_attr":
-                        out[root_key(root)] = root_bytes(by_name[root[0]], root[1], mesh, strategy_of)
+                out.update(root_keys(by_name, [r for r in arg.meta["storage"].roots if r is not None], mesh,
+                                     strategy_of))
         return out
 
     for k, v in enumerate(nodes):  # forward
