@@ -25,17 +25,29 @@ from dataclasses import dataclass, field, replace
 GiB = 1024**3
 KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")  # the collectives the cost model prices
 
-# name -> (memory bytes, peak half-precision FLOP/s, peak fp32 (tf32) FLOP/s, HBM bytes/s)
+# name -> (memory bytes, peak half-precision FLOP/s, peak fp32 (tf32) FLOP/s, HBM bytes/s, host link bytes/s).
+# The host link is the PCIe link between the device and its host's memory, each way, as a copy reaches it
+# (about 80 % of the link's peak): Gen5 x16 for H100/H200 (SXM and PCIe cards alike), Gen4 x16 for A100 and
+# the consumer cards.
 _DEVICES = {
-    "H100": (80 * GiB, 989e12, 494e12, 3.35e12),
-    "H200": (141 * GiB, 989e12, 494e12, 4.8e12),
-    "A100": (80 * GiB, 312e12, 156e12, 2.0e12),
+    "H100": (80 * GiB, 989e12, 494e12, 3.35e12, 50e9),
+    "H100PCIe": (80 * GiB, 756e12, 378e12, 2.0e12, 50e9),
+    "H200": (141 * GiB, 989e12, 494e12, 4.8e12, 50e9),
+    "A100": (80 * GiB, 312e12, 156e12, 2.0e12, 25e9),
+    "RTX3090": (24 * GiB, 71e12, 35.6e12, 0.936e12, 25e9),
+    "RTX4090": (24 * GiB, 165e12, 82.6e12, 1.0e12, 25e9),
 }
+# cards without NVLink talk over PCIe (through the host), also inside a node
+_PCIE_ONLY = ("H100PCIe", "RTX3090", "RTX4090")
 # (alpha s, beta s/byte) for links: inside a node (NVLink), across nodes (400 Gb/s per GPU)
 _INTRA = (1e-5, 1 / 360e9)
 _INTER = (2e-5, 1 / 45e9)
-# A CPU "device" under gloo on loopback.
-_CPU = dict(memory=4 * GiB, peak=2e11, peak32=1e11, bw=2e10, link=(5e-5, 1 / 2e9))
+_PCIE = (1e-5, 1 / 20e9)
+# A CPU "device" under gloo on loopback; its "host" is the same memory (a copy: about 5 GB/s here).
+_CPU = dict(memory=4 * GiB, peak=2e11, peak32=1e11, bw=2e10, link=(5e-5, 1 / 2e9), host=5e9)
+# seconds per element of one AdamW step on the host (torch's fused CPU AdamW: 25.5 M parameters took
+# 25-128 ms on this project's 2-core machine, bench/gemini.py)
+HOST_ADAM_TIME = 2e-9
 
 
 Link = tuple[float, float]  # (alpha s, beta s/byte)
@@ -124,6 +136,9 @@ class ClusterInfo:
     topology: Topology | None = None  # the physical layout, when known: what ``with_mesh`` prices axes by
     # (kind, alpha factor, beta factor) of the collectives that differ from an all-reduce (module docstring)
     collectives: tuple[tuple[str, float, float], ...] = ()
+    # bytes/s between a device and its host's memory, each way (offload moves chunks over it: runtime/gemini)
+    host_bandwidth: float = 25e9
+    host_adam_time: float = HOST_ADAM_TIME  # s per element of one Adam/AdamW step on the host (offloaded state)
 
     def __post_init__(self) -> None:
         if isinstance(self.topology, dict):  # from JSON
@@ -145,7 +160,8 @@ class ClusterInfo:
                 f"got {len(self.alpha)} and {len(self.beta)}"
             )
         for label, value in [("memory_per_device", self.memory_per_device), ("peak_flops", self.peak_flops),
-                             ("peak_flops_fp32", self.peak_flops_fp32), ("mem_bandwidth", self.mem_bandwidth)]:
+                             ("peak_flops_fp32", self.peak_flops_fp32), ("mem_bandwidth", self.mem_bandwidth),
+                             ("host_bandwidth", self.host_bandwidth), ("host_adam_time", self.host_adam_time)]:
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise ValueError(f"{label} must be a positive number, got {value!r}")
         if any(a < 0 for a in self.alpha) or any(b < 0 for b in self.beta):
@@ -166,8 +182,10 @@ class ClusterInfo:
     def preset(cls, name: str) -> ClusterInfo:
         """``"8xH100"``, ``"2x8xH100"`` (inter-node x intra-node), ``"cpu:4"``, ``"cpu:2x2"``, ...
 
-        GPU presets: ``[A x] N x {H100, H200, A100}``; the last mesh axis is inside a node
-        (NVLink), earlier axes cross nodes: ``8x8xH100`` is 8 nodes of 8, ``8x8x8xH100`` 64 nodes of 8.
+        GPU presets: ``[A x] N x {H100, H100PCIe, H200, A100, RTX3090, RTX4090}``; the last mesh axis is
+        inside a node (NVLink; PCIe for H100PCIe and the consumer cards), earlier axes cross nodes: ``8x8xH100``
+        is 8 nodes of 8, ``8x8x8xH100`` 64 nodes of 8, ``1xRTX3090`` one consumer card. Each knows its host
+        link (``host_bandwidth``: what offload pays, runtime/gemini).
         CPU presets: ``cpu:N`` or ``cpu:AxB``: gloo on loopback, one "node". Every preset knows its
         ``topology``, so ``with_mesh`` and ``mesh="search"`` can arrange its devices as any mesh.
         """
@@ -178,15 +196,16 @@ class ClusterInfo:
             a, b = _CPU["link"]
             return cls(shape, _CPU["memory"], _CPU["peak"], _CPU["peak32"], _CPU["bw"], (a,) * len(shape),
                        (b,) * len(shape), device_type="cpu", name=text,
-                       topology=Topology(1, math.prod(shape), (a, b), (a, b)))
-        gpu = re.fullmatch(r"(\d+(?:x\d+){0,2})x(H100|H200|A100)", text)
+                       topology=Topology(1, math.prod(shape), (a, b), (a, b)), host_bandwidth=_CPU["host"])
+        gpu = re.fullmatch(rf"(\d+(?:x\d+){{0,2}})x({'|'.join(_DEVICES)})", text)
         if gpu:
             shape = tuple(int(n) for n in gpu.group(1).split("x"))
-            mem, peak, peak32, bw = _DEVICES[gpu.group(2)]
-            links = [_INTER] * (len(shape) - 1) + [_INTRA]
-            topology = Topology(math.prod(shape[:-1]), shape[-1], _INTRA, _INTER)
+            mem, peak, peak32, bw, host = _DEVICES[gpu.group(2)]
+            intra = _PCIE if gpu.group(2) in _PCIE_ONLY else _INTRA
+            links = [_INTER] * (len(shape) - 1) + [intra]
+            topology = Topology(math.prod(shape[:-1]), shape[-1], intra, _INTER)
             return cls(shape, mem, peak, peak32, bw, tuple(a for a, _ in links), tuple(b for _, b in links), name=text,
-                       topology=topology)
+                       topology=topology, host_bandwidth=host)
         raise ValueError(
             f"unknown cluster preset {name!r}; use e.g. '8xH100', '2x8xH100', 'cpu:4', 'cpu:2x2' "
             f"(GPUs: {', '.join(_DEVICES)}), or build ClusterInfo(...) directly"
@@ -201,11 +220,11 @@ class ClusterInfo:
         if device not in _DEVICES:
             raise ValueError(f"unknown device {device!r}; use one of {', '.join(_DEVICES)}")
         topology = Topology(nodes, per_node, intra, inter)
-        mem, peak, peak32, bw = _DEVICES[device]
+        mem, peak, peak32, bw, host = _DEVICES[device]
         default = (nodes, per_node) if nodes > 1 else (per_node,)
         name = f"{nodes}x{per_node}x{device}" if nodes > 1 else f"{per_node}x{device}"
         base = cls(default, mem, peak, peak32, bw, (inter[0], intra[0])[-len(default):],
-                   (inter[1], intra[1])[-len(default):], name=name, topology=topology)
+                   (inter[1], intra[1])[-len(default):], name=name, topology=topology, host_bandwidth=host)
         return base.with_mesh(mesh_shape) if mesh_shape is not None else base
 
     def with_mesh(self, mesh_shape: Sequence[int], **changes) -> ClusterInfo:
@@ -287,4 +306,5 @@ class ClusterInfo:
                         for kind, a, b in self.collectives)
         return (f"{self.name}: mesh {mesh} ({self.world_size} {self.device_type} devices), "
                 f"{self.memory_per_device / GiB:.1f} GiB each, {self.peak_flops / 1e12:.0f} TFLOP/s half, "
-                f"{self.mem_bandwidth / 1e9:.0f} GB/s; all-reduce links per axis {links}{kinds}")
+                f"{self.mem_bandwidth / 1e9:.0f} GB/s, host link {self.host_bandwidth / 1e9:.3g} GB/s; "
+                f"all-reduce links per axis {links}{kinds}")

@@ -16,6 +16,18 @@ def test_presets():
     assert ClusterInfo.preset("cpu:2x2").mesh_shape == (2, 2)
 
 
+def test_presets_know_their_host_link():
+    """What offload pays (solver/offload.py): PCIe Gen5 behind H100/H200, Gen4 behind A100 and consumer cards,
+    which also talk to each other over PCIe, not NVLink."""
+    sxm, pcie, rtx = (ClusterInfo.preset(n) for n in ("8xH100", "8xH100PCIe", "1xRTX3090"))
+    assert sxm.host_bandwidth == pcie.host_bandwidth == 50e9 and rtx.host_bandwidth == 25e9
+    assert rtx.memory_per_device == 24 * 2**30 and rtx.world_size == 1
+    assert pcie.beta[0] > sxm.beta[0], "cards without NVLink pay PCIe between them"
+    assert ClusterInfo.preset("2x4xRTX4090").topology.per_node == 4
+    assert "host link 25 GB/s" in rtx.describe()
+    assert ClusterInfo.physical(2, 8, "A100").host_bandwidth == 25e9
+
+
 def test_mesh_geometry_is_row_major():
     c = ClusterInfo.preset("cpu:2x2")
     assert [c.coord(r) for r in range(4)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -28,6 +40,7 @@ def test_mesh_geometry_is_row_major():
     (dict(mesh_shape=(0, 2)), "mesh_shape"),
     (dict(memory_per_device=-1), "memory_per_device"),
     (dict(alpha=(1e-5,)), "one value per mesh axis"),
+    (dict(host_bandwidth=0), "host_bandwidth"),
 ])
 def test_invalid_values_raise(kwargs, match):
     base = dict(mesh_shape=(2, 2), memory_per_device=1e9, peak_flops=1e12, peak_flops_fp32=1e12,
