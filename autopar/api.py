@@ -71,16 +71,18 @@ def autoparallelize(model: torch.nn.Module, cluster_info: ClusterInfo, example_i
     if cluster.mesh_shape != mesh.mesh_shape:
         mesh = RuntimeMesh(cluster)
     source = source_for(model, gm, opts.init, opts.seed)  # where each local shard comes from
+    # offload as planned: none when the plan keeps everything on the device (offload="auto" may find no need)
+    offload = chosen.offload.runtime_option if chosen.offload is not None else "none"
     module = generate(gm, chosen.sharding, mesh, ShapeConsistencyManager(cluster), source,
                       bucket_bytes=opts.bucket_bytes, local_outputs=opts.outputs == "local", seed=opts.seed,
-                      reduce_dtype=getattr(torch, DTYPES[opts.reduce_dtype]), offload=opts.offload,
-                      device_cap=opts.memory_budget,
+                      reduce_dtype=getattr(torch, DTYPES[opts.reduce_dtype]), offload=offload,
+                      device_cap=chosen.memory_budget if chosen.memory_budget < float("inf") else None,
                       recomputed={n for r in chosen.checkpoint.regions for n in r} if chosen.checkpoint else ())
     module.persistent_names = persistent_names(model)  # what a checkpoint holds (checkpoint_io)
     if kernels_enabled(mesh.device, opts.kernels):
         module.kernel_substitutions = tuple(swap_kernels(module, force=True))
     if chosen.checkpoint is not None:
-        if opts.offload != "none":
+        if offload != "none":
             raise AutoparError("offload does not compose with activation checkpointing yet: pass checkpoint='none' "
                                "(with offload the planner never needs recomputation to fit) or offload='none'")
         wrap_regions(module, chosen.checkpoint.regions)

@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("none", "auto"), default=None,
                    help="activation checkpointing: none (never) or auto (whenever it makes the step faster); "
                         "default: only when the budget needs it")
+    p.add_argument("--offload", choices=("none", "auto"), default="none",
+                   help="auto: weigh keeping shares of the parameters and optimizer state on the host (Gemini) "
+                        "where the budget needs it; default: none")
+    p.add_argument("--bucket-mb", type=float, default=25.0,
+                   help="gradient-sync (and offload) chunk size in MiB (default: 25)")
     p.add_argument("--optimizer", default="adamw", choices=("adamw", "adam", "sgd_momentum", "sgd"),
                    help="the optimizer whose state the memory model counts (default: adamw)")
     p.add_argument("--batch", type=int, default=None, help="global batch size of the example inputs")
@@ -97,7 +102,8 @@ def _plan(args) -> int:
     inputs = zoo.resize_inputs(inputs, batch=args.batch, seq=args.seq)
     budget = args.memory * GiB if args.memory is not None else None
     plan = api.plan(model, cluster, inputs, memory_budget=budget, time_limit=args.time_limit,
-                    checkpoint=args.checkpoint, optimizer=args.optimizer, mesh=args.mesh, progress=Progress())
+                    checkpoint=args.checkpoint, optimizer=args.optimizer, mesh=args.mesh, offload=args.offload,
+                    bucket_bytes=max(1, int(args.bucket_mb * 2**20)), progress=Progress())
     elapsed = time.perf_counter() - t0
     if args.save:
         plan.save(args.save)

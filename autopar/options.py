@@ -49,13 +49,15 @@ class PlanOptions:
       cluster's nodes is planned (``solver/mesh_search.py``) and the fastest that fits is returned, the
       others' predicted step times in its report (the cluster must know its ``topology``: every preset does).
     - ``offload``: Gemini (runtime/gemini): parameters, gradients and optimizer state in chunks that move
-      between device and host. "none" (default): everything stays on the device; "auto": before each op,
-      make room for its non-model peak (measured in a warm-up iteration) plus the chunks it needs within
-      ``memory_budget`` (the device's memory if None), evicting the chunk used furthest in the future;
-      ``{"params": f, "optimizer": g}``: fractions (0 to 1) of the parameter chunks and of the optimizer
-      state kept on the host. Step with ``autopar.optimizer(module, torch.optim.AdamW, ...)``.
-      The planner does not price offload yet: with offload on it plans as if the device had its whole
-      memory (``budget``), and Gemini meets ``memory_budget`` at run time.
+      between device and host. "none" (default): everything stays on the device; "auto": the planner
+      weighs no offload and growing shares of the optimizer state and parameters on the host
+      (solver/offload.py: what each saves on the device and costs on the host link) and keeps the fastest
+      plan that fits the budget; when it offloads, Gemini's auto policy runs it: before each op, make room
+      for its non-model peak (measured in a warm-up iteration) plus the chunks it needs within the budget,
+      evicting the chunk used furthest in the future. ``{"params": f, "optimizer": g}``: fractions (0 to
+      1) of the parameter chunks and of the optimizer state kept on the host, planned and run as given.
+      Step with ``autopar.optimizer(module, torch.optim.AdamW, ...)``. Offload does not compose with
+      activation checkpointing yet: a share on the host is planned without recomputation.
     - ``init``: where each rank's local shards come from (``autoparallelize`` only; the plan does not
       depend on it). None (default): the model's real weights, and for tensors on ``meta`` the model's
       own initialisers, seeded by ``seed`` and the tensor's name (the same on any mesh); a function
@@ -142,10 +144,7 @@ class PlanOptions:
         return getattr(torch, DTYPES[self.mixed_precision]) if self.mixed_precision else None
 
     def budget(self, cluster) -> float:
-        """Bytes per device the plan must fit. With offload, the device's whole memory: the ILP does not
-        price offloading yet (Gemini meets ``memory_budget`` at run time, see ``offload``)."""
-        if self.offload != "none":
-            return float(cluster.memory_per_device)
+        """Bytes per device the plan must fit: ``memory_budget``, or the device's memory."""
         return float(cluster.memory_per_device if self.memory_budget is None else self.memory_budget)
 
     def portable(self) -> PlanOptions:

@@ -106,7 +106,8 @@ def run_autopar(model, inputs, cap: float, steps: int, cuda: bool) -> dict:
     import torch
 
     import autopar
-    from autopar.runtime.gemini import DeviceMemoryError
+    from autopar.errors import InfeasibleBudgetError
+    from autopar.runtime.gemini import DeviceMemoryError, TrackedDevice
 
     cluster = autopar.ClusterInfo.preset("1xH100" if cuda else "cpu:1")
     largest = max(p.numel() * p.element_size() for p in model.parameters())
@@ -114,8 +115,13 @@ def run_autopar(model, inputs, cap: float, steps: int, cuda: bool) -> dict:
         pm = autopar.autoparallelize(model, cluster, inputs, offload="auto", memory_budget=cap, checkpoint="none",
                                      bucket_bytes=max(largest, 4 * MB), time_limit=30)
         opt = autopar.optimizer(pm, torch.optim.AdamW, lr=1e-4)
-        dev = pm.gemini.device
-        dev.max_allocated = dev.allocated()
+        if pm.gemini is not None:
+            dev = pm.gemini.device
+            dev.max_allocated = dev.allocated()
+        else:  # the plan found no need to offload: a plain module, on the device as torch's is
+            dev = contextlib.nullcontext() if cuda else TrackedDevice(cap)
+            for p in ([] if cuda else pm.parameters()):
+                dev.track(p)
 
         def step():
             with dev:
@@ -124,11 +130,15 @@ def run_autopar(model, inputs, cap: float, steps: int, cuda: bool) -> dict:
                 opt.zero_grad()
 
         times = _steps(step, steps)
-    except (DeviceMemoryError, torch.OutOfMemoryError) as exc:
+    except (DeviceMemoryError, torch.OutOfMemoryError, InfeasibleBudgetError) as exc:
         return _result(False, [], 0, type(exc).__name__)
     out = _result(True, times, dev.max_allocated if not cuda else _peak(None, cuda))
-    out["gemini"] = pm.gemini.summary()
-    out["gemini"].pop("chunk_bytes")
+    off = pm.plan.offload
+    out["offload"] = None if off is None else {"params": off.params, "optimizer": off.optimizer,
+                                               "predicted_h2d": off.h2d, "predicted_d2h": off.d2h}
+    if pm.gemini is not None:
+        out["gemini"] = pm.gemini.summary()
+        out["gemini"].pop("chunk_bytes")
     return out
 
 

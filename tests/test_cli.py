@@ -41,3 +41,18 @@ def test_mesh_search_prints_every_mesh_weighed(capsys):
     assert table[4].endswith("chosen") and "2 meshes)" in out
     assert main(["plan", "--model", "mlp", "--size", "tiny", "--cluster", "cpu:4", "--mesh", "3x3"]) == 2
     assert "mesh 3x3 has 9 devices" in capsys.readouterr().err
+
+
+def test_offload_auto_at_a_budget_only_offload_meets(capsys, tmp_path):
+    """``--offload auto``: the plan keeps the optimizer state on the host and says what crosses the host link;
+    its HTML page has the offload card."""
+    page = tmp_path / "plan.html"
+    args = ["plan", "--model", "gpt2", "--size", "tiny", "--cluster", "cpu:2", "--batch", "2", "--memory", "0.0007",
+            "--offload", "auto", "--bucket-mb", "0.0625", "--html", str(page)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "offload: parameters 0%, optimizer state 100% on the host" in out and "host->device" in out
+    assert "offload (auto) weighed: no offload: does not fit" in out
+    html = page.read_text()
+    assert "optimizer state 100% on the host" in html and "host optimizer step" in html
+    assert main(args[:-6]) == 2 and "no plan fits" in capsys.readouterr().err  # the same budget without offload

@@ -469,7 +469,18 @@ def _header(data: dict, sh: dict) -> str:
         _card("options", f'{opts.get("optimizer", "-")}, checkpoint {ckpt}',
               f'<span>budget {human_bytes(ob) if ob else "device memory"}, '
               f'time limit {opts.get("time_limit", "-")} s</span>'),
+        _offload_card(data.get("offload")),
         "</div>"])
+
+
+def _offload_card(off: dict | None) -> str:
+    """The share of parameters and optimizer state on the host and what crosses the host link (solver/offload.py)."""
+    if not off:
+        return ""
+    return _card("offload", f'parameters {off["params"]:.0%}, optimizer state {off["optimizer"]:.0%} on the host',
+                 f'<span>{off.get("policy", "auto")} policy; per step {human_bytes(off["h2d"])} host&rarr;device, '
+                 f'{human_bytes(off["d2h"])} device&rarr;host: {human_time(off["transfer_time"])} on the host link, '
+                 f'{human_time(off["host_step_time"])} host optimizer step</span>')
 
 
 def _meshes(data: dict) -> str:

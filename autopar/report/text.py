@@ -61,10 +61,14 @@ def plan_report(plan) -> str:
     lines = [f"Plan on {plan.cluster.describe()}",
              f"predicted step time {human_time(plan.step_time)}"
              + (f" (incl. {human_time(plan.checkpoint.extra_time)} recomputation)" if plan.checkpoint else "")
+             + (f" (incl. {human_time(plan.offload.time)} offload)" if plan.offload else "")
              + f", peak memory {human_bytes(plan.peak_memory)} per device (budget {human_bytes(budget)})",
              f"peak at {tl['step']}: {parts}",
-             f"options: optimizer {opts.optimizer}, checkpoint {opts.checkpoint!r}, time limit {opts.time_limit:g} s",
-             ""]
+             f"options: optimizer {opts.optimizer}, checkpoint {opts.checkpoint!r}, offload {opts.offload!r}, "
+             f"time limit {opts.time_limit:g} s"]
+    if plan.offload is not None:
+        lines.append(plan.offload.describe())
+    lines.append("")
     lines.append(plan_table(plan.sharding))
     if plan.checkpoint is not None:
         lines += ["", plan.checkpoint.report()]

@@ -25,6 +25,7 @@ from autopar.errors import AutoparError
 from autopar.options import PlanOptions
 from autopar.solver.checkpoint import CheckpointPlan
 from autopar.solver.memory import MemoryBreakdown
+from autopar.solver.offload import OffloadPlan
 from autopar.solver.plan import ShardingPlan
 from autopar.solver.timeline import Timeline
 
@@ -83,12 +84,14 @@ class Plan:
     memory_budget: float  # bytes per device the plan was checked against
     notes: tuple[str, ...] = ()  # how it was chosen (the candidates stage 2 weighed)
     meshes: tuple[MeshTrial, ...] = ()  # with mesh="search": every mesh weighed, this plan's among them
+    offload: OffloadPlan | None = None  # the share of the state on the host and its transfers (None: no offload)
 
     # ---- the figures a user plans by -------------------------------------------------------
     @property
     def step_time(self) -> float:
-        """Predicted seconds per step: the sharding plan's time plus the recomputation."""
-        return self.sharding.step_time + (self.checkpoint.extra_time if self.checkpoint is not None else 0.0)
+        """Predicted seconds per step: the sharding plan's time plus the recomputation and offload's transfers."""
+        return (self.sharding.step_time + (self.checkpoint.extra_time if self.checkpoint is not None else 0.0)
+                + (self.offload.time if self.offload is not None else 0.0))
 
     @property
     def peak_memory(self) -> float:
@@ -151,6 +154,7 @@ class Plan:
             "timeline": self.timeline.to_json(),
             "edges": [r.to_json() for r in self.sharding.reshards],
             "meshes": [t.to_json() for t in self.meshes],
+            "offload": self.offload.to_json() if self.offload is not None else None,
         }
 
     @classmethod
@@ -167,7 +171,8 @@ class Plan:
                    cluster_from_json(data["cluster"]), data["fingerprint"], inputs,
                    Timeline.from_json(data["timeline"]),
                    float("inf") if data["memory_budget"] is None else float(data["memory_budget"]),
-                   tuple(data.get("notes", ())), tuple(MeshTrial.from_json(t) for t in data.get("meshes", ())))
+                   tuple(data.get("notes", ())), tuple(MeshTrial.from_json(t) for t in data.get("meshes", ())),
+                   OffloadPlan.from_json(data["offload"]) if data.get("offload") else None)
 
     def save(self, path) -> None:
         with open(path, "w") as f:

@@ -351,6 +351,8 @@ def solve(strategy_graph: StrategyGraph, cluster: ClusterInfo, *, memory_budget:
         ilp.node_terms(k, np.array([s.compute_time + s.comm_time for s in v.meta["strategies"]]) * US, objective)
     for t, edge in enumerate(sg.edges):
         ilp.edge_terms(t, edge.spec_cost * US, objective)
+    for k, seconds in memory.host_time:  # offload's host link and host optimizer step (solver/offload.py)
+        ilp.node_terms(k, seconds * US, objective)
     rows = add_memory_rows(ilp, memory, budget)
     ilp.prob.set_objective(ilp.terms(objective), objective.const)
     status = run_solver(ilp.prob, backend) if ilp.x else 1

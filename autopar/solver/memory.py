@@ -37,11 +37,16 @@ first saves an activation (the lm head reading a slice of the last norm), when r
 parameter is held anyway; its gathered copy is not. (A resharded activation is already in saved_v:
 its local bytes are those of v's specs.)
 
+Offload (solver/offload.py, ``with_terms``): with a share of the state on the host, ``param_p``, ``opt_p``
+and ``grad_p`` keep the device's share, S gains the chunks an op fetches and every backward step the
+gradient chunks being filled (constants), and ``host_time`` prices the host link in the objective.
+
 Dominance: f_t is implied by b_t (same x) when ``dout_u = out_u`` for every u in L(t), since then
 ``M(b_t) - M(f_t) = G_t >= 0``; such forward steps need no constraint of their own.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,6 +110,12 @@ class MemoryModel:
         self.param = [z.copy() for z in zeros]
         self.grad = [z.copy() for z in zeros]
         self.opt = [z.copy() for z in zeros]
+        self.elems = [z.copy() for z in zeros]  # a trainable parameter's local elements (offload's host step)
+        # offload (solver/offload.py): the share on the host, the working sets it adds to every step (params)
+        # and to backward steps (gradients), and the host link's seconds per strategy of each parameter
+        self.share, self.host = None, None
+        self.resident_extra = self.backward_extra = 0.0
+        self.host_time: list[tuple[int, np.ndarray]] = []
         self.saved = [z.copy() for z in zeros]
         # saved_views[k]: (root r, bytes per strategy of r) for each storage k first saves through a view of it
         self.saved_views: list[list[tuple[int, np.ndarray]]] = [[] for _ in nodes]
@@ -131,6 +142,8 @@ class MemoryModel:
                 fp, fg, fo = state_factors(tm.dtype, optimizer) if trainable else (1.0, 0.0, 0.0)
                 elems = out_bytes(tm, strategies) / tm.dtype.itemsize
                 self.param[k], self.grad[k], self.opt[k] = fp * elems, fg * elems, fo * elems
+                if trainable:
+                    self.elems[k] = elems
                 continue
             if tm is None or v.op == "output":
                 continue
@@ -198,6 +211,17 @@ class MemoryModel:
                     self.live[t].append(u)
         # f_t needs its own constraint only when some live output needs no gradient (see Dominance)
         self.forward_needed = np.array([any(not self.needs_grad[u] for u in self.live[t]) for t in range(n)])
+        self.full_param, self.full_grad, self.full_opt = self.param, self.grad, self.opt  # before offload scaling
+
+    def with_terms(self, **terms) -> MemoryModel:
+        """A copy of this model with some terms replaced (offload.offloaded: the device's share of the state);
+        the rest (activations, liveness, copies) shared."""
+        new = copy.copy(self)
+        for name, value in terms.items():
+            if not hasattr(self, name):
+                raise AttributeError(f"MemoryModel has no term {name!r}")
+            setattr(new, name, value)
+        return new
 
     def saved_terms(self, t: int) -> list[tuple[int, np.ndarray]]:
         """What step f_t saves for backward, as (node, bytes per strategy of that node) terms."""
@@ -225,7 +249,9 @@ class MemoryModel:
         temp_f = np.array([sum(self.out[u][choice[u]] for u in self.live[t]) for t in range(n)]) + copies
         temp_b = np.array([sum(self.dout[u][choice[u]] for u in self.live[t]) for t in range(n)]) + copies
         rev = slice(None, None, -1)
-        return {"params": np.full(2 * n, param), "grads": np.concatenate([np.zeros(n), grads[rev]]),
+        grads = grads + self.backward_extra
+        return {"params": np.full(2 * n, param + self.resident_extra),
+                "grads": np.concatenate([np.zeros(n), grads[rev]]),
                 "optimizer": np.full(2 * n, opt), "activations": np.concatenate([saved, saved[rev]]),
                 "temporaries": np.concatenate([temp_f, temp_b[rev]])}
 
@@ -252,11 +278,11 @@ class MemoryModel:
         """Per step, a bound on M(f_t) and M(b_t) over all plans: every term at its largest (smallest)."""
         red = np.max if upper else np.min
         n = len(self.names)
-        static = sum(float(red(a + b)) for a, b in zip(self.param, self.opt))
+        static = sum(float(red(a + b)) for a, b in zip(self.param, self.opt)) + self.resident_extra
         grad_at = np.zeros(n)
         for k, vec in enumerate(self.grad):
             grad_at[self.last_use[k]] += red(vec)
-        grads = np.cumsum(grad_at[::-1])[::-1]
+        grads = np.cumsum(grad_at[::-1])[::-1] + self.backward_extra
         acts = np.array([float(red(v)) + sum(float(red(rv)) for _r, rv in views)
                          for v, views in zip(self.saved, self.saved_views)])
         for _, t, mat in self.kept_copies:

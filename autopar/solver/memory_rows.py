@@ -83,6 +83,7 @@ def _build_rows(ilp, mm: MemoryModel, keep_f: np.ndarray, keep_b: np.ndarray, sc
 
     prob = ilp.prob
     static = Expr()
+    static.const = mm.resident_extra / scale  # offload's fetched chunks (solver/offload.py)
     for k in range(n):
         ilp.node_terms(k, (mm.param[k] + mm.opt[k]) / scale, static)
     s_var = prob.add_variable(0, None)
@@ -112,7 +113,7 @@ def _build_rows(ilp, mm: MemoryModel, keep_f: np.ndarray, keep_b: np.ndarray, sc
                 ilp.node_terms(u, outs[u] / scale, row)
             for e, mat in copies[t]:
                 ilp.edge_terms(e, mat, row)
-            const = row.const
+            const = row.const + (mm.backward_extra / scale if phase == "b" else 0.0)
             terms = [(s_var, 1.0), (acts[t], 1.0)] + ([(grads[t], 1.0)] if phase == "b" else [])
             terms += ilp.terms(row)
             if rhs_var is not None:

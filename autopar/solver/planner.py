@@ -22,6 +22,7 @@ the peak of the plan needing least memory (with those modules recomputed), a can
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import time
@@ -37,6 +38,7 @@ from autopar.solver.checkpoint_saved import saved_storages
 from autopar.solver.cost_model import Pricing
 from autopar.solver.full_plan import Plan, graph_fingerprint, input_specs
 from autopar.solver.ilp import solve  # imports pulp now: its import keeps a traceback, and so the frames above it
+from autopar.solver.offload import AUTO_SHARES, HostShare, host_seconds, offload_plan, offloaded
 from autopar.solver.plan import ShardingPlan, choice_of
 from autopar.solver.timeline import Timeline, background, simulate
 
@@ -73,10 +75,25 @@ class Planner:
             with stage(say, f"strategies for {len(gm.graph.nodes)} nodes"):
                 self.sg = build_strategies(gm, cluster, pricing=Pricing.of(options), bar=getattr(say, "bar", None))
         self.mm = MemoryModel(self.sg, options.optimizer)
+        if isinstance(options.offload, dict):  # a static split: priced as asked (solver/offload.py)
+            self.mm = offloaded(self.mm, HostShare(float(options.offload.get("params", 0.0)),
+                                                   float(options.offload.get("optimizer", 0.0))), cluster,
+                                options.bucket_bytes)
         self.red = reduce(self.sg)
         self._solved: dict[float, ShardingPlan | InfeasibleBudgetError] = {}
         self._smallest: float | None = None
         self._accounts: dict[int, tuple] = {}
+
+    def at_share(self, share: HostShare) -> Planner:
+        """This planner's strategies and reductions with ``share`` of the state on the host (nothing solved yet)."""
+        new = copy.copy(self)
+        new.mm = offloaded(self.mm, share, self.cluster, self.options.bucket_bytes)
+        new._solved, new._smallest, new._accounts = {}, None, {}
+        return new
+
+    def host_time(self, sharding: ShardingPlan) -> float:
+        """Seconds per step the plan spends on the host link and the host optimizer step (0 without offload)."""
+        return host_seconds(self.mm, self._account(sharding)[1]) if self.mm.share is not None else 0.0
 
     # ---- stage 1 --------------------------------------------------------------------------
     def solve(self, budget: float) -> ShardingPlan:
@@ -131,10 +148,12 @@ class _Candidate:
     checkpoint: CheckpointPlan | None
     timeline: Timeline
     label: str
+    host: float = 0.0  # s per step of offload's transfers and host optimizer step
 
     @property
     def time(self) -> float:
-        return self.sharding.step_time + (self.checkpoint.extra_time if self.checkpoint is not None else 0.0)
+        recompute = self.checkpoint.extra_time if self.checkpoint is not None else 0.0
+        return self.sharding.step_time + recompute + self.host
 
 
 def plan_graph(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=lambda line: None) -> Plan:
@@ -144,9 +163,63 @@ def plan_graph(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, s
 
 def plan_of(planner: Planner) -> Plan:
     """``plan_graph`` on a Planner already made (whose solves so far it reuses)."""
-    budget = planner.options.budget(planner.cluster)
-    chosen, notes = _choose(planner, budget, planner.options.checkpoint)
+    options = planner.options
+    budget = options.budget(planner.cluster)
+    if options.offload == "auto":
+        return _auto_offload(planner, budget)
+    mode = options.checkpoint
+    if isinstance(options.offload, dict):
+        _no_recompute_with_offload(options)
+        mode = "none"
+    chosen, notes = _choose(planner, budget, mode)
     return _plan(planner, chosen, notes)
+
+
+def _no_recompute_with_offload(options: PlanOptions) -> None:
+    if options.checkpoint not in (None, "none"):
+        raise AutoparError(f"offload does not compose with activation checkpointing yet (checkpoint="
+                           f"{options.checkpoint!r}): pass checkpoint='none' or offload='none'")
+
+
+def _auto_offload(planner: Planner, budget: float) -> Plan:
+    """offload="auto": the fastest of no offload (with the checkpointing asked for) and each share of
+    ``AUTO_SHARES`` (without recomputation: Gemini does not compose with it yet) that fits ``budget``.
+
+    A share costs more than a smaller one for every plan (offload.py), so once a share's fastest plan (no
+    budget) is no faster than the best found, no larger share can be: the search stops there. When no share
+    fits, the error states the smallest budget over all of them (the largest share's, as a rule)."""
+    options = planner.options
+    best: tuple | None = None
+    smallest: list[float] = []
+    weighed: list[tuple[str, float | None, str]] = []  # (share, step time, what came of it)
+    for share in [None] + [HostShare(*s) for s in AUTO_SHARES]:
+        here = planner if share is None else planner.at_share(share)
+        label = "no offload" if share is None else share.label
+        if best is not None:
+            fastest = here.solve(INF)
+            if fastest.step_time + here.host_time(fastest) >= best[1].time:
+                weighed.append((label, None, "no faster than the best even without a budget: not planned further"))
+                break  # and no larger share is faster either
+        planner.say(f"offload: weighing {label}")
+        try:
+            chosen, notes = _choose(here, budget, options.checkpoint if share is None else "none")
+        except InfeasibleBudgetError as err:
+            smallest.append(err.min_budget)
+            weighed.append((label, None, f"does not fit (needs {_bytes(err.min_budget)})"))
+            continue
+        weighed.append((label, chosen.time, "fits"))
+        if best is None or chosen.time < best[1].time:
+            best = (here, chosen, notes, len(weighed) - 1)
+    if best is None:
+        recompute = "" if options.checkpoint == "none" else "; without offload, with activation checkpointing"
+        raise InfeasibleBudgetError(budget, min(smallest), detail=f"(counting offload: every share of the "
+                                                                  f"parameters and optimizer state on the host "
+                                                                  f"weighed{recompute})")
+    here, chosen, notes, at = best
+    weighed[at] = (weighed[at][0], weighed[at][1], "chosen")
+    notes = list(notes) + ["offload (auto) weighed: " + "; ".join(
+        f"{label}: {note}" + ("" if t is None else f", {t * 1e3:.3f} ms per step") for label, t, note in weighed)]
+    return _plan(here, chosen, notes, weighed=tuple(weighed))
 
 
 def fastest_if_it_fits(planner: Planner) -> tuple[Plan | None, ShardingPlan]:
@@ -157,13 +230,16 @@ def fastest_if_it_fits(planner: Planner) -> tuple[Plan | None, ShardingPlan]:
     timeline = planner.timeline(fastest)
     if timeline.peak > planner.options.budget(planner.cluster):
         return None, fastest
-    return _plan(planner, _Candidate(fastest, None, timeline, "the fastest plan"), []), fastest
+    found = _Candidate(fastest, None, timeline, "the fastest plan", planner.host_time(fastest))
+    return _plan(planner, found, []), fastest
 
 
-def _plan(planner: Planner, chosen: _Candidate, notes: list[str]) -> Plan:
+def _plan(planner: Planner, chosen: _Candidate, notes: list[str], weighed=()) -> Plan:
     gm, options = planner.gm, planner.options
+    policy = "static" if isinstance(options.offload, dict) else "auto"
+    offload = offload_plan(planner.mm, planner._account(chosen.sharding)[1], policy, weighed)
     return Plan(chosen.sharding, chosen.checkpoint, options, planner.cluster, graph_fingerprint(gm), input_specs(gm),
-                chosen.timeline, options.budget(planner.cluster), tuple(notes))
+                chosen.timeline, options.budget(planner.cluster), tuple(notes), offload=offload)
 
 
 def _choose(planner: Planner, budget: float, mode) -> tuple[_Candidate, list[str]]:
@@ -175,7 +251,7 @@ def _choose(planner: Planner, budget: float, mode) -> tuple[_Candidate, list[str
     if fitted is not None:
         timeline = planner.timeline(fitted)
         if timeline.peak <= budget:
-            found.append(_Candidate(fitted, None, timeline, "the plan fitted to the budget"))
+            found.append(_Candidate(fitted, None, timeline, "the plan fitted to the budget", planner.host_time(fitted)))
             if mode != "auto":
                 return found[0], notes
     if mode == "none":
@@ -207,7 +283,7 @@ def _with_checkpoints(planner: Planner, sharding: ShardingPlan, budget: float, l
     if try_plain:
         timeline = planner.timeline(sharding)
         if timeline.peak <= budget:
-            found.append(_Candidate(sharding, None, timeline, label))
+            found.append(_Candidate(sharding, None, timeline, label, planner.host_time(sharding)))
             smallest[label] = timeline.peak
             return
     with stage(planner.say, f"stage 2 (checkpointing) on {label}"):
@@ -222,7 +298,7 @@ def _with_checkpoints(planner: Planner, sharding: ShardingPlan, budget: float, l
         raise AutoparError(f"internal: stage 2's schedule for {label} peaks at {_bytes(ckpt.peak_after)} by its chain "
                            f"but {_bytes(timeline.peak)} on the timeline; please report this model")
     ckpt = dataclasses.replace(ckpt, kept=timeline.kept(), peak_before=no_checkpoint(chain).peak)
-    found.append(_Candidate(sharding, ckpt if ckpt.regions else None, timeline, label))
+    found.append(_Candidate(sharding, ckpt if ckpt.regions else None, timeline, label, planner.host_time(sharding)))
 
 
 def _leanest_alone(planner: Planner, budget: float) -> _Candidate:
@@ -234,7 +310,7 @@ def _leanest_alone(planner: Planner, budget: float) -> _Candidate:
     if timeline.peak > budget:
         raise InfeasibleBudgetError(budget, math.ceil(timeline.peak),
                                     detail="(without activation checkpointing, every saved copy counted)")
-    return _Candidate(lean, None, timeline, "the plan needing least memory")
+    return _Candidate(lean, None, timeline, "the plan needing least memory", planner.host_time(lean))
 
 
 def _user_regions(planner: Planner, budget: float, modules: tuple[str, ...]) -> _Candidate:

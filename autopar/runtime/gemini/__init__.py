@@ -13,10 +13,11 @@ memory statistics (memory.py) drive the auto policy; ``optim.ChunkOptimizer`` st
 their optimizer state lives. Codegen (runtime/codegen.py) reads every trainable parameter through its
 chunk when offload is on, and puts a ``gemini_fetch`` before each op that reads parameters.
 
-Not yet: the planner does not price offload (it plans as if the device had its whole memory, and
-Gemini meets ``memory_budget`` at run time); chunks are not sharded across the data-parallel axis
-(no ZeRO-3 composition: each rank holds whole chunks); no prefetch on a side stream; no composition
-with activation checkpointing or ``no_sync``.
+The planner prices the share of the state on the host (solver/offload.py) and ``autoparallelize`` runs
+what the plan chose: no Gemini when it offloads nothing, the auto policy for ``offload="auto"``, the
+static split for ``{"params": f, "optimizer": g}``. Not yet: chunks are not gathered whole across the
+data-parallel axis (a sharded parameter's chunk holds this rank's shard, gathered weight by weight); no
+prefetch on a side stream; no composition with activation checkpointing or ``no_sync``.
 """
 from __future__ import annotations
 
