@@ -335,9 +335,14 @@ def _user_regions(planner: Planner, budget: float, modules: tuple[str, ...]) -> 
 
 def hand_plan(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, allowed) -> Plan:
     """The Plan whose sharding uses only strategies with ``allowed(node, strategy)`` (no checkpointing, no
-    budget): a hand plan (data parallel, ZeRO-3, ...) in the same terms, for benchmarks and tests."""
+    budget): a hand plan (data parallel, ZeRO-3, ...) in the same terms, for benchmarks and tests. With
+    ``offload`` a share as given, or for "auto" everything on the host (priced; the auto policy runs it)."""
     planner = Planner(gm, cluster, options)
+    if options.offload == "auto":  # priced with everything on the host; Gemini's auto policy runs it
+        planner = planner.at_share(HostShare(*AUTO_SHARES[-1]))
     sharding = solve(planner.sg, cluster, memory_budget=INF, time_limit=options.time_limit, restrict=allowed,
                      optimizer=options.optimizer, memory=planner.mm, reduction=planner.red)
+    policy = "static" if isinstance(options.offload, dict) else "auto"
     return Plan(sharding, None, options, cluster, graph_fingerprint(gm), input_specs(gm), planner.timeline(sharding),
-                options.budget(cluster), ("a hand plan: stage 1 restricted",))
+                options.budget(cluster), ("a hand plan: stage 1 restricted",),
+                offload=offload_plan(planner.mm, planner._account(sharding)[1], policy))

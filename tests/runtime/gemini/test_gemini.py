@@ -8,7 +8,8 @@ at the first op that would go over it, so the cap is asserted at every op of for
 the optimizer step. The plans price offload (solver/offload.py): a static split's device peak stays
 within the plan's, and with everything on the host each step moves the bytes the plan priced. At the
 zoo's batch of 4 the activations alone (1.0 MB) are more than that cap (0.72 MB), so the one-rank runs
-use the batch's first row; the two-rank runs use the whole batch (2 rows a rank) and a cap of 60 %.
+use the batch's first row; the two-rank runs use the whole batch (2 rows a rank) and a cap of 60 %,
+under the planner's plan and under ZeRO-3 (weights stored split, their shards in the chunks).
 """
 from __future__ import annotations
 
@@ -179,7 +180,34 @@ def check_two_ranks(rank: int, world_size: int) -> dict:
     assert static.gemini.device.max_allocated <= static.plan.peak_memory
     auto = check_auto(model, inputs, cluster, 0.6 * model_data(model), f"rank {rank} auto at 60 %")
     compare(f"rank {rank} auto at 60 %", auto["result"], want, REF_RTOL, REF_ATOL)
+    check_zero3(model, inputs, cluster, want, rank)
     return auto["summary"]
+
+
+def check_zero3(model, inputs, cluster, want: dict, rank: int) -> None:
+    """ZeRO-3 composed with offload: every weight that can be is stored split over the data-parallel axis (a
+    hand plan, as bench/runtime.py's), so each rank's chunks hold its shards, which move between device and
+    host and are gathered before use; static 0.3/0.3 and auto give the single-device numbers."""
+    import autopar
+    from autopar.options import PlanOptions
+    from autopar.solver.planner import hand_plan
+    from autopar.tracer import trace
+    from tests.runtime.test_param_gather import _stored_split
+
+    full = {n: p.numel() for n, p in model.named_parameters()}
+    for offload, cap in (({"params": 0.3, "optimizer": 0.3}, None), ("auto", 0.6 * model_data(model))):
+        opts = PlanOptions.of(offload=offload, memory_budget=cap, checkpoint="none", bucket_bytes=CHUNK_BYTES)
+        plan = hand_plan(trace(model, inputs), cluster, opts, _stored_split)
+        assert plan.offload is not None and plan.offload.runtime_option == offload
+        pm = autopar.autoparallelize(copy.deepcopy(model), cluster, inputs, plan=plan)
+        opt = autopar.optimizer(pm, torch.optim.AdamW, lr=LR, eps=EPS)
+        m = pm.gemini
+        slots = [slot for chunk in m.chunks for slot in chunk.slots]
+        halves = [slot for slot in slots if slot.name in full and 2 * slot.numel == full[slot.name]]
+        assert len(halves) >= len(slots) // 2, f"rank {rank}: chunks hold shards ({len(halves)} of {len(slots)})"
+        got = train(pm, inputs, opt, m.device)
+        compare(f"rank {rank} ZeRO-3 with offload {offload}", got, want, REF_RTOL, REF_ATOL)
+        assert m.traffic["h2d"] > 0 and (cap is None or m.device.max_allocated <= cap)
 
 
 def test_one_rank_auto_under_a_40_percent_cap_and_static_equal_no_offload():
