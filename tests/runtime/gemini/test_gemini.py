@@ -238,3 +238,31 @@ def test_offload_option_is_validated():
     assert PlanOptions.of(offload="auto", memory_budget=1e3).budget(cluster) == 1e3  # the planner prices offload
     assert PlanOptions.of(memory_budget=1e3).budget(cluster) == 1e3
     assert PlanOptions.of(offload="auto").budget(cluster) == cluster.memory_per_device
+
+
+def check_bf16(rank: int, world_size: int) -> None:
+    import autopar
+    from autopar import zoo
+
+    model, inputs = zoo.build("gpt2", "tiny", device="cpu", seed=0)
+    inputs = first_rows(inputs, 1)
+    cluster = autopar.ClusterInfo.preset("cpu:1")
+    runs = {}
+    for offload, cap in (("none", None), ({"params": 0.5, "optimizer": 1.0}, None), ("auto", 0.4 * model_data(model))):
+        pm = autopar.autoparallelize(copy.deepcopy(model), cluster, inputs, offload=offload, memory_budget=cap,
+                                     checkpoint="none", bucket_bytes=CHUNK_BYTES, mixed_precision="bf16")
+        opt = autopar.optimizer(pm, torch.optim.AdamW, lr=LR, eps=EPS)
+        assert (pm.gemini is None) == (offload == "none")
+        runs[str(offload)] = train(pm, inputs, opt, pm.gemini.device if pm.gemini is not None else None)
+        if pm.gemini is not None:
+            assert all(chunk.params.dtype == torch.float32 for chunk in pm.gemini.chunks)  # the master copies
+        if cap is not None:
+            assert pm.gemini.device.max_allocated <= cap and pm.plan.offload.params > 0
+    for name, got in runs.items():
+        compare(f"bf16 compute, fp32 master, offload {name}", got, runs["none"], RTOL, ATOL)
+
+
+def test_bf16_compute_with_offload_equals_bf16_without():
+    """Mixed precision under offload: the chunks hold the fp32 master parameters, gradients and AdamW state;
+    compute reads bf16 casts of them, so the numbers are those of the same policy without offload."""
+    run_distributed(check_bf16, 1, timeout=300)
