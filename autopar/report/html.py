@@ -483,6 +483,32 @@ def _offload_card(off: dict | None) -> str:
                  f'{human_time(off["host_step_time"])} host optimizer step</span>')
 
 
+def _placement(off: dict | None) -> str:
+    """Offload's section: where each kind of state lives between steps (device | host, with a bar of the host's
+    share), what one step moves each way, and the chunks the device keeps room for (solver/offload.py)."""
+    if not off or not off.get("placement"):
+        return ""
+    rows = []
+    for kind, (device, host) in off["placement"].items():
+        share = host / (device + host) if device + host else 0.0
+        rows.append(f'<tr><td>{_e(kind)}</td><td class="num">{human_bytes(device)}</td>'
+                    f'<td class="num">{human_bytes(host)}</td><td style="min-width:160px"><div class="bar">'
+                    f'<i style="width:{share * 100:.1f}%;background:#8172b2"></i></div></td>'
+                    f'<td class="num">{share:.0%}</td></tr>')
+    weighed = "".join(f"<li>{_e(label)}: {_e(note)}" + ("" if t is None else f", {human_time(t)} per step") + "</li>"
+                      for label, t, note in off.get("weighed") or [])
+    return "".join([
+        '<section id="offload"><h2>Offload: where the state lives, what moves</h2>',
+        '<table><tr><th>state</th><th>on the device</th><th>on the host</th><th>host share</th><th></th></tr>',
+        *rows, "</table>",
+        f'<p>{_e(off.get("policy", "auto"))} policy. Per step {human_bytes(off["h2d"])} host&rarr;device and '
+        f'{human_bytes(off["d2h"])} device&rarr;host ({human_time(off["transfer_time"])} on the host link), '
+        f'{human_time(off["host_step_time"])} of optimizer step on the host. The device keeps room for the '
+        f'chunks one op fetches ({human_bytes(off["working_params"])}) and the gradient chunks being filled '
+        f'({human_bytes(off["working_grads"])}).</p>',
+        f"<p>Shares weighed:</p><ul>{weighed}</ul>" if weighed else "", "</section>"])
+
+
 def _meshes(data: dict) -> str:
     """A mesh search's table (``Plan.meshes``): every mesh weighed, the chosen one in bold; empty without a search."""
     trials, chosen = data.get("meshes") or [], (data.get("cluster") or {}).get("mesh_shape")
@@ -544,7 +570,7 @@ def render_html(data: dict) -> str:
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head>',
         f'<body><script>{_ONERROR}</script><main>{_header(data, sh)}{_meshes(data)}',
         '<section><h2>Memory per device over forward and backward</h2><div id="legend" class="legend"></div>',
-        '<div id="timeline"></div></section>',
+        '<div id="timeline"></div></section>', _placement(data.get("offload")),
         f'<section><h2>Operators ({len(rows)} rows{once})</h2>'
         f'{_ops_table(entries)}</section>',
         f'<section><h2>Communication per resharding edge</h2>{_edges_table(data.get("edges") or [], units)}'

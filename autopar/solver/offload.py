@@ -60,6 +60,8 @@ class OffloadPlan:
     host_step_time: float  # s per step of the host's optimizer step
     working_params: float  # bytes: the chunks one op fetches (W_p)
     working_grads: float  # bytes: the gradient chunks being filled in backward (W_g)
+    # where the state lives between steps, bytes per device: {"params"|"grads"|"optimizer": (device, host)}
+    placement: dict = field(default_factory=dict)
     policy: str = "auto"  # what runs: "auto" (Gemini's auto policy under the budget) or "static" (this split)
     # offload="auto": every share weighed, as (its label, its plan's step time or None, what came of it)
     weighed: tuple[tuple[str, float | None, str], ...] = field(default=())
@@ -84,11 +86,13 @@ class OffloadPlan:
     def to_json(self) -> dict:
         data = asdict(self)
         data["weighed"] = [list(w) for w in self.weighed]
+        data["placement"] = {k: list(v) for k, v in self.placement.items()}
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> OffloadPlan:
-        return cls(**{**data, "weighed": tuple(tuple(w) for w in data.get("weighed", ()))})
+        return cls(**{**data, "weighed": tuple(tuple(w) for w in data.get("weighed", ())),
+                      "placement": {k: tuple(v) for k, v in data.get("placement", {}).items()}})
 
 
 def _trainable(mm) -> list[int]:
@@ -140,13 +144,18 @@ def offload_plan(mm, choice, policy: str, weighed=()) -> OffloadPlan | None:
         return None
     fp, fo, moved = mm.host
     trainable = _trainable(mm)
+
+    def total(vectors) -> float:
+        return sum(float(vectors[k][choice[k]]) for k in trainable)
+
     params = sum(moved[k] * float(mm.full_param[k][choice[k]]) for k in trainable)
-    grads = sum(float(mm.full_grad[k][choice[k]]) for k in trainable)
-    elems = sum(float(mm.elems[k][choice[k]]) for k in trainable)
+    grads, elems = total(mm.full_grad), total(mm.elems)
     cluster = mm.sg.cluster
     h2d, d2h = params, params + fo * grads
+    placement = {kind: ((1 - share) * whole, share * whole) for kind, share, whole in
+                 (("params", fp, total(mm.full_param)), ("grads", fo, grads), ("optimizer", fo, total(mm.full_opt)))}
     return OffloadPlan(fp, fo, h2d, d2h, (h2d + d2h) / cluster.host_bandwidth, fo * elems * cluster.host_adam_time,
-                       mm.resident_extra, mm.backward_extra, policy, tuple(weighed))
+                       mm.resident_extra, mm.backward_extra, placement, policy, tuple(weighed))
 
 
 def host_seconds(mm, choice) -> float:

@@ -273,3 +273,30 @@ def test_a_real_plan_saved_and_rendered_by_the_cli_opens_in_chromium(tmp_path, c
     timeline = dom[dom.index('id="timeline"'):]
     assert 'id="budget"' in timeline and 'class="region forward"' in timeline and "ckpt_0" in timeline
     assert "transformer.h.0-1 (x2)" in dom or "(x2)" in dom  # the two identical blocks collapse
+
+
+def test_an_offload_plan_shows_where_the_state_lives(tmp_path):
+    """A plan that keeps the optimizer state on the host (solver/offload.py): its page, rendered by Chromium,
+    has the placement table (device and host bytes per kind, the host's share) and what a step moves."""
+    import torch
+
+    import autopar
+    from autopar import zoo
+
+    _browser()
+    model, inputs = zoo.build("gpt2", "tiny", device="meta", seed=0)
+    inputs = {k: v[:2] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    plan = autopar.plan(model, autopar.ClusterInfo.preset("cpu:2"), inputs, memory_budget=734 * 1024,
+                        offload="auto", bucket_bytes=64 * 1024)
+    off = plan.offload
+    assert off is not None and off.placement["optimizer"] == (0.0, pytest.approx(off.placement["optimizer"][1]))
+    page = tmp_path / "offload.html"
+    plan.to_html(page)
+    dom = run_chromium(["--dump-dom", page.as_uri()], timeout=60).stdout
+    body = re.search(r"<body[^>]*>", dom)
+    assert body and 'data-rendered="ok"' in body.group(0)
+    section = dom[dom.index('id="offload"'):]
+    section = section[:section.index("</section>")]
+    assert "Offload: where the state lives" in section and "optimizer" in section and "100%" in section
+    assert human_bytes(off.placement["optimizer"][1]) in section and human_bytes(off.h2d) in section
+    assert "no offload: does not fit" in section and "chosen" in section
