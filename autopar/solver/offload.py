@@ -21,10 +21,11 @@ policy taking both fractions from the start of execution order); the gradients o
 W_p is the largest set of chunks one op pins (each parameter it reads in one chunk of at least
 ``bucket_bytes``; backward pins two), W_g two chunks: constants of the plan, so every term above is linear
 in the ILP's one-hot variables and the same MemoryModel rows and Timeline carry them (memory.py). Every
-share's cost grows with fp and with fo, so a share's fastest plan is never beaten by a larger share's
-(``auto_shares`` relies on it). At run time ``offload="auto"`` runs Gemini's auto policy under the budget
-(Belady eviction on the warm-up's schedule), which moves no more than the static split priced here
-needs; ``{"params": f, "optimizer": g}`` runs that static split.
+share's cost grows along ``AUTO_SHARES`` for every plan, so a share's fastest plan is never beaten by a
+later share's (the planner's offload="auto" search stops on it). At run time ``{"params": f, "optimizer": g}``
+runs that static split (rounding each fraction up to whole chunks); ``offload="auto"`` runs Gemini's auto
+policy under the budget (Belady eviction on the warm-up's schedule), which moves what its cap needs: the
+plan prices the share it chose, an estimate of the auto policy's traffic, not its measure.
 """
 from __future__ import annotations
 

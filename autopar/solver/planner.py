@@ -236,8 +236,7 @@ def fastest_if_it_fits(planner: Planner) -> tuple[Plan | None, ShardingPlan]:
 
 def _plan(planner: Planner, chosen: _Candidate, notes: list[str], weighed=()) -> Plan:
     gm, options = planner.gm, planner.options
-    policy = "static" if isinstance(options.offload, dict) else "auto"
-    offload = offload_plan(planner.mm, planner._account(chosen.sharding)[1], policy, weighed)
+    offload = offload_plan(planner.mm, planner._account(chosen.sharding)[1], _policy(options), weighed)
     return Plan(chosen.sharding, chosen.checkpoint, options, planner.cluster, graph_fingerprint(gm), input_specs(gm),
                 chosen.timeline, options.budget(planner.cluster), tuple(notes), offload=offload)
 
@@ -342,7 +341,11 @@ def hand_plan(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, al
         planner = planner.at_share(HostShare(*AUTO_SHARES[-1]))
     sharding = solve(planner.sg, cluster, memory_budget=INF, time_limit=options.time_limit, restrict=allowed,
                      optimizer=options.optimizer, memory=planner.mm, reduction=planner.red)
-    policy = "static" if isinstance(options.offload, dict) else "auto"
     return Plan(sharding, None, options, cluster, graph_fingerprint(gm), input_specs(gm), planner.timeline(sharding),
                 options.budget(cluster), ("a hand plan: stage 1 restricted",),
-                offload=offload_plan(planner.mm, planner._account(sharding)[1], policy))
+                offload=offload_plan(planner.mm, planner._account(sharding)[1], _policy(options)))
+
+
+def _policy(options: PlanOptions) -> str:
+    """The Gemini policy that runs an offloading plan: the static split asked for, or the auto policy."""
+    return "static" if isinstance(options.offload, dict) else "auto"
