@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from autopar.cluster import ClusterInfo
 from autopar.spec import ShardingSpec
 
@@ -50,6 +52,34 @@ _WIRE = {
     "all_to_all": ("all-to-all", "all-to-all back"),
     "to_partial": ("divide by n (no communication)", "divide by n (no communication)"),
 }
+
+
+def _all_pairs(n: int, heads: list[int], tails: list[int], weights: list[float]):
+    """[i, j] -> the cheapest i -> j over the arcs (heads[k] -> tails[k] at weights[k] >= 0 s): scipy's Dijkstra
+    from every node (C), or the same Dijkstra in Python without scipy or with an arc of 0 s."""
+    try:
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import dijkstra
+    except ImportError:
+        dijkstra = None
+    if dijkstra is None or min(weights, default=1.0) <= 0:  # 0 s arcs (an empty tensor): a sparse matrix drops them
+        dist = np.full((n, n), np.inf)
+        out: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+        for a, b, w in zip(heads, tails, weights):
+            out[a].append((b, w))
+        for s in range(n):
+            row, heap = dist[s], [(0.0, s)]
+            row[s] = 0.0
+            while heap:
+                d, u = heapq.heappop(heap)
+                if d > row[u]:
+                    continue
+                for v, w in out[u]:
+                    if d + w < row[v]:
+                        row[v] = d + w
+                        heapq.heappush(heap, (d + w, v))
+        return dist
+    return dijkstra(csr_matrix((weights, (heads, tails)), shape=(n, n)), directed=True)
 
 
 # kind -> (forward, backward) collective, as the cluster's links price them (ClusterInfo.link)
@@ -100,37 +130,41 @@ class ShapeConsistencyManager:
         self.cluster = cluster
         self.mesh_shape = tuple(cluster.mesh_shape)
         self._copy_rate = 1.0 / (cluster.mem_bandwidth * cluster.efficiency)  # s/byte of a local copy
-        self._cost: dict[tuple, float] = {}  # (src, dst, shape, itemsize) -> seconds
         self._plans: dict[tuple, tuple[CommStep, ...]] = {}  # (src, dst, shape, itemsize) -> steps
         self._trees: dict[tuple, tuple[dict, dict]] = {}  # (src, shape, itemsize) -> (dist, prev)
         self._edges: dict[tuple, dict] = {}  # (shape, itemsize) -> {spec: [(seconds, step), ...]}, shared by sources
+        self._tables: dict[tuple, tuple[dict, object]] = {}  # (shape, itemsize) -> ({spec: i}, seconds i -> j)
 
     # ---- planning (pure) ---------------------------------------------------------------
     def cost(self, src: ShardingSpec, dst: ShardingSpec, shape: Sequence[int], itemsize: int) -> float:
         """Seconds for forward plus backward of ``plan(src, dst, shape, itemsize)``; 0.0 when src == dst."""
-        try:
-            return self._cost[(src, dst, shape, itemsize)]
-        except (KeyError, TypeError):  # TypeError: an unhashable shape such as a list
-            pass
-        key = (src, dst, tuple(int(s) for s in shape), int(itemsize))
-        dist, _ = self._tree(src, key[2], key[3])
-        if dst not in dist:
-            raise ValueError(self._unreachable(src, dst, key[2]))
-        self._cost[key] = dist[dst]
-        if isinstance(shape, tuple):  # torch.Size hashes like the tuple
-            self._cost[(src, dst, shape, itemsize)] = dist[dst]
-        return dist[dst]
+        return self.costs(src, (dst,), shape, itemsize)[0]
 
     def costs(self, src: ShardingSpec, dsts: Sequence[ShardingSpec], shape: Sequence[int],
               itemsize: int) -> list[float]:
-        """``[cost(src, d, shape, itemsize) for d in dsts]`` from one shortest-path tree (a 3-D mesh's edge
-        prices thousands of pairs: looking each up alone was most of building the strategies)."""
+        """``[cost(src, d, shape, itemsize) for d in dsts]``, read from the all-pairs table of the spec graph
+        of ``shape`` (``_table``: a 3-D mesh's planning prices thousands of pairs per shape)."""
         shape, itemsize = tuple(int(s) for s in shape), int(itemsize)
-        dist, _ = self._tree(src, shape, itemsize)
-        missing = next((d for d in dsts if d not in dist), None)
-        if missing is not None:
-            raise ValueError(self._unreachable(src, missing, shape))
-        return [dist[d] for d in dsts]
+        index, seconds = self._table(shape, itemsize)
+        row = index.get(src)
+        if row is None:  # every spec that fits is in the table: src does not fit (_tree says so)
+            dist, _ = self._tree(src, shape, itemsize)
+            return [dist[d] for d in dsts]
+        cols = [index.get(d, -1) for d in dsts]
+        if -1 in cols:
+            raise ValueError(self._unreachable(src, dsts[cols.index(-1)], shape))
+        return seconds[row, cols].tolist()
+
+    def cost_matrix(self, srcs: Sequence[ShardingSpec], dsts: Sequence[ShardingSpec], shape: Sequence[int],
+                    itemsize: int):
+        """``[i, j] -> cost(srcs[i], dsts[j], shape, itemsize)`` as a numpy array (one lookup per edge of the
+        strategy graph)."""
+        shape, itemsize = tuple(int(s) for s in shape), int(itemsize)
+        index, seconds = self._table(shape, itemsize)
+        rows, cols = [index.get(s, -1) for s in srcs], [index.get(d, -1) for d in dsts]
+        if -1 in rows or -1 in cols:  # the error names the spec that does not fit
+            return np.array([self.costs(s, dsts, shape, itemsize) for s in srcs]).reshape(len(srcs), len(dsts))
+        return seconds[np.ix_(rows, cols)]
 
     def plan(self, src: ShardingSpec, dst: ShardingSpec, shape: Sequence[int], itemsize: int) -> tuple[CommStep, ...]:
         """The cheapest sequence of CommSteps turning ``src`` into ``dst`` (``()`` when they are equal)."""
@@ -161,6 +195,39 @@ class ShapeConsistencyManager:
             full_bytes = math.prod(shape) * itemsize
             edges[spec] = [(self._step_cost(st, full_bytes), st) for st in self._neighbours(spec, shape)]
         return edges[spec]
+
+    def _table(self, shape: tuple[int, ...], itemsize: int) -> tuple[dict, object]:
+        """({spec: index}, [i, j] -> seconds of the cheapest i -> j) over every spec that fits ``shape``.
+
+        The spec graph is strongly connected (any spec gathers and reduces to R, and R splits and goes
+        partial to any spec that fits), so the specs reached from R are all of them. The distances are
+        those of ``_tree``'s Dijkstra bit for bit: no arc costs less than 0, so both settle each spec at
+        min over its in-arcs of (distance of the arc's source + its seconds), summed in the same order;
+        only the choice between equally cheap paths may differ, and ``plan`` keeps ``_tree``'s."""
+        key = (shape, itemsize)
+        if key in self._tables:
+            return self._tables[key]
+        order = [ShardingSpec.replicate(len(shape))]
+        index = {order[0]: 0}
+        heads: list[int] = []
+        tails: list[int] = []
+        weights: list[float] = []
+        k = 0
+        while k < len(order):  # breadth first from R
+            best: dict = {}
+            for seconds, step in self._steps(order[k], shape, itemsize):
+                if step.dst != order[k] and seconds < best.get(step.dst, math.inf):
+                    best[step.dst] = seconds
+            for dst, seconds in best.items():
+                if dst not in index:
+                    index[dst] = len(order)
+                    order.append(dst)
+                heads.append(k)
+                tails.append(index[dst])
+                weights.append(seconds)
+            k += 1
+        self._tables[key] = (index, _all_pairs(len(order), heads, tails, weights))
+        return self._tables[key]
 
     def _tree(self, src: ShardingSpec, shape: tuple[int, ...], itemsize: int) -> tuple[dict, dict]:
         """Dijkstra from ``src``: (seconds to every reachable spec, the last step on its cheapest path)."""

@@ -94,7 +94,7 @@ def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: 
 
         manager = ShapeConsistencyManager(cluster)
     pricing = pricing if pricing is not None else Pricing()
-    row_cost = manager.costs if manager is not None else _row_of(reshard_cost)
+    matrix_cost = manager.cost_matrix if manager is not None else _matrix_of(reshard_cost)
     bucketed = _bucket_share(manager, cluster, pricing.bucket_bytes) if manager is not None else None
     nodes = list(gm.graph.nodes)
     memo: dict = {}  # repeated layers: each distinct op signature is enumerated and priced once
@@ -107,7 +107,7 @@ def build_strategies(gm: fx.GraphModule, cluster: ClusterInfo, *, reshard_cost: 
     cache: dict = {}  # repeated layers ask for the same (specs, shape) matrices again and again
     for node in nodes:
         for k, src in enumerate(node.all_input_nodes):
-            edge = _edge(src, node, k, row_cost, cache, bucketed if gathered_weight(src) else None)
+            edge = _edge(src, node, k, matrix_cost, cache, bucketed if gathered_weight(src) else None)
             if edge is not None:
                 graph.edges.append(edge)
     return graph
@@ -123,9 +123,10 @@ def _edge_meta(src: fx.Node, dst: fx.Node) -> tuple[TensorMeta | None, bool]:
     return None, True
 
 
-def _row_of(reshard_cost: ReshardCost):
-    """A ``(src, dsts, shape, itemsize) -> [seconds per dst]`` from a one-pair ``reshard_cost``."""
-    return lambda src, dsts, shape, size: [reshard_cost(src, d, shape, size) for d in dsts]
+def _matrix_of(reshard_cost: ReshardCost):
+    """A ``(srcs, dsts, shape, itemsize) -> [src, dst] seconds`` from a one-pair ``reshard_cost``."""
+    return lambda srcs, dsts, shape, size: np.array([[reshard_cost(s, d, shape, size) if d != s else 0.0
+                                                      for d in dsts] for s in srcs]).reshape(len(srcs), len(dsts))
 
 
 def _bucket_share(manager, cluster: ClusterInfo, bucket_bytes: float):
@@ -141,7 +142,7 @@ def _bucket_share(manager, cluster: ClusterInfo, bucket_bytes: float):
     return discount
 
 
-def _edge(src: fx.Node, dst: fx.Node, k: int, row_cost, cache: dict, bucketed=None) -> Edge | None:
+def _edge(src: fx.Node, dst: fx.Node, k: int, matrix_cost, cache: dict, bucketed=None) -> Edge | None:
     """The resharding costs of one edge, or None when nothing is ever resharded on it; ``bucketed``: the
     discount of a gathered weight's edge (``_bucket_share``)."""
     outs = [s.output for s in src.meta["strategies"]]
@@ -154,17 +155,17 @@ def _edge(src: fx.Node, dst: fx.Node, k: int, row_cost, cache: dict, bucketed=No
     key = (tuple(uo), tuple(ui), None if whole_tuple else (tuple(tm.shape), tm.dtype), bucketed is not None)
     if key not in cache:
         small, forbidden = np.zeros((len(uo), len(ui))), np.zeros((len(uo), len(ui)), dtype=bool)
-        for o, i in uo.items():
-            moved = [(w, j) for w, j in ui.items() if w is not None and w != o]
-            if not moved:
-                continue
-            if whole_tuple:
-                forbidden[i, [j for _w, j in moved]] = True
-            else:  # one row at a time: its costs come from one shortest-path tree out of o
-                cols, size = [j for _w, j in moved], itemsize(tm.dtype)
-                small[i, cols] = row_cost(o, [w for w, _j in moved], tm.shape, size)
-                if bucketed is not None:
-                    small[i, cols] -= [bucketed(o, w, tm.shape, size) for w, _j in moved]
+        wanted = [(w, j) for w, j in ui.items() if w is not None]
+        if whole_tuple:
+            for o, i in uo.items():
+                forbidden[i, [j for w, j in wanted if w != o]] = True
+        elif wanted:  # 0 where nothing moves: a spec's cost to itself is 0
+            cols, size = [j for _w, j in wanted], itemsize(tm.dtype)
+            small[:, cols] = matrix_cost(list(uo), [w for w, _j in wanted], tm.shape, size)
+            if bucketed is not None:
+                for o, i in uo.items():
+                    moved = [(w, j) for w, j in wanted if w != o]
+                    small[i, [j for _w, j in moved]] -= [bucketed(o, w, tm.shape, size) for w, _j in moved]
         cache[key] = small, (forbidden if forbidden.any() else None)
     small, forbidden = cache[key]
     if not small.any() and forbidden is None:

@@ -36,6 +36,7 @@ from autopar.errors import AutoparError, InfeasibleBudgetError
 from autopar.options import PlanOptions
 from autopar.solver.full_plan import MeshTrial, Plan
 from autopar.solver.planner import Planner, fastest_if_it_fits, plan_graph, plan_of
+from autopar.solver.quiet import gc_paused
 
 
 def cluster_for(cluster: ClusterInfo, mesh, plan: Plan | None = None) -> ClusterInfo:
@@ -74,6 +75,7 @@ def candidates(cluster: ClusterInfo, max_ndim: int = 3) -> tuple[list[tuple[int,
     return kept, {b: next(a for a in by if a in kept) for b, by in beaten.items() if by}
 
 
+@gc_paused
 def search(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=lambda line: None,
            max_ndim: int = 3) -> Plan:
     """The fastest plan that fits over the candidate meshes of up to ``max_ndim`` axes, its ``meshes`` listing each

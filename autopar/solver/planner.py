@@ -40,6 +40,7 @@ from autopar.solver.full_plan import Plan, graph_fingerprint, input_specs
 from autopar.solver.ilp import solve  # imports pulp now: its import keeps a traceback, and so the frames above it
 from autopar.solver.offload import AUTO_SHARES, HostShare, host_seconds, offload_plan, offloaded
 from autopar.solver.plan import ShardingPlan, choice_of
+from autopar.solver.quiet import gc_paused
 from autopar.solver.timeline import Timeline, background, simulate
 
 INF = float("inf")
@@ -156,6 +157,7 @@ class _Candidate:
         return self.sharding.step_time + recompute + self.host
 
 
+@gc_paused
 def plan_graph(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=lambda line: None) -> Plan:
     """The Plan for ``gm`` (a traced graph) on ``cluster`` under ``options`` (module docstring)."""
     return plan_of(Planner(gm, cluster, options, say))

@@ -55,3 +55,33 @@ def test_mlp_on_2x2x2_rediscovers_data_parallel_and_megatron():
     assert w1.dims[0] and w2.dims[1], (str(w1), str(w2))  # fc1 column-parallel, fc2 row-parallel (on its input dim)
     assert len(w1.used_axes()) == len(w2.used_axes()) == 3  # every weight split over all 8 devices
     assert mp.status == "optimal" and mp.peak_memory <= cpu8.memory_per_device
+
+
+def test_the_all_pairs_table_gives_dijkstras_seconds_bit_for_bit(monkeypatch):
+    """``costs`` reads an all-pairs table (scipy's Dijkstra, or the Python fallback without scipy) where it
+    once ran one Python Dijkstra per source: every pair's seconds are the same float."""
+    import builtins
+
+    shapes = [((16, 16), 4), ((8, 4, 6), 2), ((8, 12, 16, 4), 4), ((3, 5), 4), ((0, 8), 4)]  # (0, 8): 0 s arcs
+    with_scipy = ShapeConsistencyManager(MESH3)
+    real_import = builtins.__import__
+
+    def no_scipy(name, *args, **kwargs):
+        if name.startswith("scipy"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    for shape, size in shapes:
+        index, _ = with_scipy._table(shape, size)
+        specs = list(index)
+        assert len(specs) > (1 if shape == (3, 5) else 20)
+        for src in specs:
+            dist, _ = with_scipy._tree(src, shape, size)
+            assert set(dist) == set(specs)  # strongly connected: the table has every spec that fits
+            assert with_scipy.costs(src, specs, shape, size) == [dist[d] for d in specs]
+    monkeypatch.setattr(builtins, "__import__", no_scipy)
+    plain = ShapeConsistencyManager(MESH3)
+    for shape, size in shapes:
+        specs = list(with_scipy._table(shape, size)[0])
+        for src in specs[:10]:
+            assert plain.costs(src, specs, shape, size) == with_scipy.costs(src, specs, shape, size)
