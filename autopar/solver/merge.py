@@ -11,13 +11,20 @@ Merge rule. A node v is merged into its producer u when
 - v is trivial: a view-like op (view, permute, getitem, contiguous), a cast, dropout, or a
   pointwise op with a single tensor input (``gelu(x)``, ``x * 0.5``), and v has one input node;
 - for every strategy i of u's owner, exactly one strategy j of v takes u's output spec as is
-  (``v.inputs[0] == u.output``): then v follows, ``pick[v][i] = j``, and the edge (u, v) costs 0.
+  (``v.inputs[0] == u.output``): then v follows, ``pick[v][i] = j``, and the edge (u, v) costs 0;
+- following is proven never dearer than any other choice j' the full ILP could make for v
+  (``_never_dearer``): C_v(j) + sum over v's out-edges w of max over w's columns of
+  (E_w[j, col] - E_w[j', col]) <= E_uv[i, j'] + C_v(j'), with C_v v's own time and E the edges'
+  priced matrices (so a bucketed gather's discount is counted as priced). Then any plan of the full
+  ILP becomes one of the merged ILP, at no more cost, by moving v onto j: the objective's optimum
+  is kept (the memory rows are not part of the proof: under a binding budget the optimum of
+  the merged ILP may be above the full one's, as with sharing).
 
-What is given up: the full ILP could reshard *before* v (v runs in another spec than u
-produced) where the merged one reshards *after* v; the same bytes move in a different layout
-(a view or an elementwise op does not change the byte count). Where u can produce a spec v
-cannot take (a partial sum into ``gelu``), or v could run several ways on it (``expand``),
-v keeps its own variables.
+What following gives up, and the check catches: the full ILP may reshard *before* v where the
+merged one reshards *after* it, and v may then run on a smaller shard (a ``clone`` computed on
+1/n of the tensor) or the reshard move fewer bytes (before a downcast, after a slice). Where
+u can produce a spec v cannot take (a partial sum into ``gelu``), or v could run several ways on it
+(``expand``), or following is not proven never dearer, v keeps its own variables.
 
 Sharing rule. Parameter names ``<prefix>.<i>.<rest>`` name the repeated layers (``h.3``,
 ``layers.17``); layer i's segment of the graph runs from the first node of layer i to the first
@@ -68,6 +75,12 @@ def reduce(sg: StrategyGraph, *, merge: bool = True, share: bool = True) -> Redu
     pick = [np.arange(len(s)) for s in strats]
     merged = 0
     if merge:
+        into: dict = {}  # (producer, consumer) -> Edge
+        out: dict = {}  # producer -> its Edges
+        for edge in sg.edges:
+            into[(edge.src, edge.dst)] = edge
+            out.setdefault(edge.src, []).append(edge)
+        spread: dict = {}  # id(spec_cost) -> its rows' worst differences (_spread), repeated layers share them
         for k, v in enumerate(nodes):
             if not _trivial(v) or len(strats[k]) < 2:
                 continue
@@ -75,7 +88,8 @@ def reduce(sg: StrategyGraph, *, merge: bool = True, share: bool = True) -> Redu
             if u is None:
                 continue
             follow = _follow(strats[u], pick[u], strats[k])
-            if follow is not None:
+            if follow is not None and _never_dearer(pick[u], follow, strats[k], into.get((nodes[u], v)),
+                                                    out.get(v, []), spread):
                 owner[k], pick[k] = owner[u], follow
                 merged += 1
     tied, starts, length = _tie(sg, owner, pick, strats) if share else (0, [], 0)
@@ -101,6 +115,28 @@ def _follow(producer, producer_pick, consumer) -> np.ndarray | None:
             return None
         out.append(js[0])
     return np.array(out)
+
+
+def _never_dearer(producer_pick, follow, consumer, edge_in, edges_out, spread: dict) -> bool:
+    """Whether v following its producer (``follow[i]`` under owner strategy i) is never dearer than v in any
+    strategy j' (module docstring's merge rule), from the priced matrices of v's in-edge and out-edges."""
+    own = np.array([s.compute_time + s.comm_time for s in consumer])
+    n = len(consumer)
+    worse = np.zeros((n, n))  # [j, j'] -> most that v's consumers can pay more reading j's output than j''s
+    for edge in edges_out:
+        if edge.forbidden is not None:
+            return False
+        key = id(edge.spec_cost)
+        if key not in spread:
+            a = edge.spec_cost
+            spread[key] = (a[:, None, :] - a[None, :, :]).max(axis=2)
+        g = edge.src_group
+        worse += spread[key][np.ix_(g, g)]
+    reshard = (edge_in.cost[np.asarray(producer_pick)] if edge_in is not None
+               else np.zeros((len(producer_pick), n)))  # [i, j'] -> reshard u's output before v runs as j'
+    lhs = own[follow][:, None] + worse[follow]
+    rhs = reshard + own[None, :]
+    return bool(np.all(lhs <= rhs + 1e-12 * np.abs(rhs) + 1e-18))
 
 
 def _tie(sg: StrategyGraph, owner: list, pick: list, strats: list) -> tuple[int, list[int], int]:

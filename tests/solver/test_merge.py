@@ -30,7 +30,8 @@ def _gpt2(n_layer: int):
 def test_reduction_merges_views_and_ties_layers(gpt2_gm):
     sg = build_strategies(gpt2_gm, CPU2x2)
     red = reduce(sg)
-    assert red.repeats == 2 and red.tied > 10 and red.merged > 30
+    # 29 trivial ops follow their producer (views, and pointwise ops proven never dearer to follow)
+    assert red.repeats == 2 and red.tied > 10 and red.merged > 20
     for k in range(len(sg.nodes)):  # every node's strategies are reachable through its owner
         assert len(red.pick[k]) == (len(sg.nodes[red.owner[k]].meta["strategies"]) if red.owner[k] is not None else 1)
     views = [k for k, n in enumerate(sg.nodes) if n.meta.get("op") == "view" and red.owner[k] != k]
