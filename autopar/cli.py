@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mesh", default=None, type=_mesh,
                    help="logical mesh: search (plan every mesh of the cluster's devices, keep the fastest) or a "
                         "shape such as 16x4 (default: the cluster's own)")
+    p.add_argument("--workers", default=1, type=lambda v: v if v == "auto" else int(v),
+                   help="with --mesh search: processes planning the meshes at once, or auto (one per core; "
+                        "default: 1)")
     p.add_argument("--memory", type=float, default=None, help="memory budget per device in GiB (default: device)")
     p.add_argument("--checkpoint", choices=("none", "auto"), default=None,
                    help="activation checkpointing: none (never) or auto (whenever it makes the step faster); "
@@ -102,7 +105,8 @@ def _plan(args) -> int:
     inputs = zoo.resize_inputs(inputs, batch=args.batch, seq=args.seq)
     budget = args.memory * GiB if args.memory is not None else None
     plan = api.plan(model, cluster, inputs, memory_budget=budget, time_limit=args.time_limit,
-                    checkpoint=args.checkpoint, optimizer=args.optimizer, mesh=args.mesh, offload=args.offload,
+                    checkpoint=args.checkpoint, optimizer=args.optimizer, mesh=args.mesh, workers=args.workers,
+                    offload=args.offload,
                     bucket_bytes=max(1, int(args.bucket_mb * 2**20)), progress=Progress())
     elapsed = time.perf_counter() - t0
     if args.save:

@@ -48,6 +48,12 @@ class PlanOptions:
       axis priced by the link its groups cross); ``"search"``: every mesh of 1 to 3 axes that respects the
       cluster's nodes is planned (``solver/mesh_search.py``) and the fastest that fits is returned, the
       others' predicted step times in its report (the cluster must know its ``topology``: every preset does).
+    - ``workers``: processes that plan a ``mesh="search"``'s meshes at once (default 1: one after the other;
+      "auto": one per CPU core, at most one per mesh). The meshes are independent; the cluster's own is
+      planned first, and the others in forked processes, each bounded by the best plan finished so far
+      (so which slower meshes are bounded out may vary). The plan chosen is the same for any number
+      (ties broken in the candidates' order); the plan does not depend on it. Needs the ``fork`` start
+      method (Linux); elsewhere the meshes are planned one after the other.
     - ``offload``: Gemini (runtime/gemini): parameters, gradients and optimizer state in chunks that move
       between device and host. "none" (default): everything stays on the device; "auto": the planner
       weighs no offload and growing shares of the optimizer state and parameters on the host
@@ -80,6 +86,7 @@ class PlanOptions:
     init: object = None  # None, a callable, or a checkpoint path (str)
     offload: str | dict = "none"  # "none", "auto" or {"params": f, "optimizer": g}
     mesh: str | tuple[int, ...] | None = None  # None, "search" or a mesh shape
+    workers: int | str = 1  # processes planning a mesh search's meshes ("auto": one per core)
 
     def __post_init__(self) -> None:
         if isinstance(self.mesh, list):
@@ -124,6 +131,9 @@ class PlanOptions:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise AutoparError(f"seed must be an integer >= 0, got {self.seed!r}")
         _check_offload(self.offload)
+        if self.workers != "auto" and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                       or self.workers < 1):
+            raise AutoparError(f"workers must be a positive integer or 'auto' (one per CPU core), got {self.workers!r}")
 
     @classmethod
     def of(cls, options: PlanOptions | None = None, **kwargs) -> PlanOptions:

@@ -201,6 +201,25 @@ def test_mesh_search_plans_every_mesh_and_returns_the_fastest(tmp_path):
     loaded.check_matches(trace(model, inputs), cluster_for(cluster, "search", loaded), found.options)
 
 
+def test_mesh_search_in_parallel_gives_the_plan_of_the_sequential_one():
+    """workers=2: the cluster's own mesh first, the others in forked processes; the same chosen plan, every
+    mesh's step time and peak as planned one after the other (no budget binds, so no mesh is bounded out),
+    and a plan that still matches options asking for another number of workers."""
+    model, inputs = zoo.build("gpt2", "tiny", device="meta")
+    cluster = autopar.ClusterInfo.preset("2x4xH100")
+    one = autopar.plan(model, cluster, inputs, mesh="search")
+    lines: list[str] = []
+    two = autopar.plan(model, cluster, inputs, mesh="search", workers=2, progress=lines.append)
+    assert len(one.meshes) > 3 and any("(2 processes)" in line for line in lines)
+    assert two.mesh_shape == one.mesh_shape and two.step_time == one.step_time
+    assert [str(r.strategy) for r in two.sharding.rows] == [str(r.strategy) for r in one.sharding.rows]
+    assert [(t.mesh, t.step_time, t.peak_memory, t.note) for t in two.meshes] == \
+        [(t.mesh, t.step_time, t.peak_memory, t.note) for t in one.meshes]
+    two.check_matches(trace(model, inputs), cluster.with_mesh(two.mesh_shape), PlanOptions(mesh="search"))
+    with pytest.raises(AutoparError, match="workers must be a positive integer or 'auto'"):
+        PlanOptions(workers=0)
+
+
 def test_mesh_search_drops_meshes_a_permutation_dominates():
     from autopar.solver.mesh_search import candidates
 

@@ -205,7 +205,7 @@ class Plan:
             problems.append("the traced graph differs from the one planned: " + _first_difference(gm, self.sharding))
         if options is not None:
             diffs = [d for d in self.options.differences(options)  # options the plan does not depend on
-                     if not d.startswith(("kernels:", "init:", "seed:"))]
+                     if not d.startswith(("kernels:", "init:", "seed:", "workers:"))]
             if diffs:
                 problems.append("the options differ from the plan's (" + "; ".join(diffs) + ")")
         if problems:

@@ -14,7 +14,10 @@ whose cluster is the chosen mesh, with every mesh weighed in ``Plan.meshes``. Th
   dominance is exact up to that order; the report names each dropped mesh with its dominator.
 
 Candidates are planned one after the other (each writes its strategies into ``node.meta`` and is
-finished, as frozen data, before the next), the cluster's own mesh first, then fewest axes first.
+finished, as frozen data, before the next), the cluster's own mesh first, then fewest axes first; with
+``PlanOptions.workers`` > 1 the cluster's own first, then the rest in forked processes (each plans its
+mesh on its copy of the graph and returns the Plan pickled; each starts bounded by the best plan finished
+so far by any of them).
 Each starts with its fastest plan (no budget): when that fits, it is the mesh's plan (as fast as
 ``plan_graph``'s); when it does not, its step time is a lower bound for the mesh, and a mesh whose
 bound is no better than the best plan so far is not taken through stage 2 (the memory-bound case,
@@ -85,24 +88,20 @@ def search(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=l
     plans: list[Plan] = []
     trials: dict[tuple, MeshTrial] = {}
     errors: list[Exception] = []
-    for shape in sorted(shapes, key=lambda s: s != cluster.mesh_shape):  # the cluster's own first: a good incumbent
-        say(f"mesh {_label(shape)} ...")
-        t0 = time.perf_counter()
-        best = min((p.step_time for p in plans), default=math.inf)
-        try:
-            plan, note = _plan_mesh(gm, cluster.with_mesh(shape), options, say, best)
-        except InfeasibleBudgetError as err:
+    order = sorted(shapes, key=lambda s: s != cluster.mesh_shape)  # the cluster's own first: a good incumbent
+    for shape, (plan, note, err, seconds) in _trials(gm, cluster, options, order, say):
+        if isinstance(err, InfeasibleBudgetError):
             errors.append(err)
-            trials[shape] = MeshTrial(shape, None, None, time.perf_counter() - t0,
+            trials[shape] = MeshTrial(shape, None, None, seconds,
                                       f"does not fit: needs {_gib(err.min_budget)} per device")
-        except AutoparError as err:
+        elif err is not None:
             errors.append(err)
-            trials[shape] = MeshTrial(shape, None, None, time.perf_counter() - t0, f"no plan: {err}")
+            trials[shape] = MeshTrial(shape, None, None, seconds, f"no plan: {err}")
         else:
             if plan is not None:
                 plans.append(plan)
             trials[shape] = MeshTrial(shape, plan.step_time if plan else None, plan.peak_memory if plan else None,
-                                      time.perf_counter() - t0, note)
+                                      seconds, note)
         t = trials[shape]
         say(f"mesh {_label(shape)}: " + (f"{t.step_time * 1e3:.3f} ms per step, peak {_gib(t.peak_memory)}"
                                          if t.step_time is not None else t.note) + f" ({t.seconds:.2f} s)")
@@ -118,6 +117,78 @@ def search(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say=l
     best = min(plans, key=lambda p: (p.step_time, p.peak_memory, len(p.mesh_shape)))
     order = [s for s in cluster.topology.meshes(max_ndim) if s in trials]
     return dataclasses.replace(best, meshes=tuple(trials[s] for s in order))
+
+
+def _trials(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, order: list, say):
+    """(shape, (plan or None, note, error or None, seconds)) for each mesh of ``order``, in that order: one after
+    the other, each bounded by the best plan before it; or, with ``options.workers`` > 1, the first alone and
+    the rest in forked processes (``_in_parallel``)."""
+    best = math.inf
+    workers = _workers(options.workers, len(order) - 1)
+    for k, shape in enumerate(order):
+        if k == 1 and workers > 1:
+            yield from _in_parallel(gm, cluster, options, order[1:], best, workers, say)
+            return
+        say(f"mesh {_label(shape)} ...")
+        result = _trial(gm, cluster, options, shape, best, say)
+        if result[0] is not None:
+            best = min(best, result[0].step_time)
+        yield shape, result
+
+
+def _trial(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, shape: tuple, best: float, say) -> tuple:
+    t0 = time.perf_counter()
+    try:
+        plan, note = _plan_mesh(gm, cluster.with_mesh(shape), options, say, best)
+    except AutoparError as err:
+        return None, "", err, time.perf_counter() - t0
+    return plan, note, None, time.perf_counter() - t0
+
+
+_FORKED: dict = {}  # what a forked worker plans: set before the pool forks, so inherited, never pickled
+
+
+def _forked_trial(shape: tuple) -> tuple:
+    """One mesh in a forked worker, bounded by the best plan any worker has finished so far (a shared double)."""
+    gm, cluster, options = _FORKED["args"]
+    best = _FORKED["best"]
+    result = _trial(gm, cluster, options, shape, best.value, lambda line: None)
+    if result[0] is not None:
+        with best.get_lock():
+            best.value = min(best.value, result[0].step_time)
+    return result
+
+
+def _in_parallel(gm, cluster, options, shapes: list, best: float, workers: int, say):
+    """``_trials`` of ``shapes`` in ``workers`` forked processes (each returns its Plan pickled), in order. Each
+    mesh starts bounded by the best plan finished so far by any worker, so which slower meshes are bounded
+    out (and their rows in ``Plan.meshes``) may vary from run to run; the plan chosen does not (a bounded
+    mesh cannot beat the plan that bounds it, and ties go to the candidates' order)."""
+    import concurrent.futures
+    import multiprocessing
+
+    say(f"meshes {', '.join(map(_label, shapes))} ... ({workers} processes)")
+    context = multiprocessing.get_context("fork")
+    _FORKED.update(args=(gm, cluster, options), best=context.Value("d", best))
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(_forked_trial, shape) for shape in shapes]
+            for shape, future in zip(shapes, futures):
+                yield shape, future.result()
+    finally:
+        _FORKED.clear()
+
+
+def _workers(asked, meshes: int) -> int:
+    """Processes for ``meshes`` meshes: ``asked`` ("auto": the CPU cores this process may use), at most one per
+    mesh; 1 without the fork start method."""
+    import multiprocessing
+    import os
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores if asked == "auto" else int(asked), meshes))
 
 
 def _plan_mesh(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, say, best: float
