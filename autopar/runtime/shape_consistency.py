@@ -183,10 +183,30 @@ class ShapeConsistencyManager:
         self._plans[key] = tuple(reversed(steps))
         return self._plans[key]
 
-    def arcs(self, spec: ShardingSpec, shape: tuple[int, ...], itemsize: int) -> list[tuple[float, ShardingSpec]]:
-        """The single CommSteps out of ``spec`` as (forward + backward seconds, the spec reached): the arcs of
-        the graph whose shortest paths ``cost`` measures (solver/flow.py poses an edge as a flow on them)."""
-        return [(seconds, step.dst) for seconds, step in self._steps(spec, shape, itemsize)]
+    def graph(self, starts, shape: tuple[int, ...], itemsize: int) -> tuple[list[ShardingSpec], list[tuple]]:
+        """The spec graph whose shortest paths ``cost`` measures, breadth first from ``starts``: (the specs
+        reached, in order of discovery, ``starts`` first; arcs ``(i, j, seconds)``, the cheapest single
+        CommStep from spec i to spec j). ``_table`` searches it; solver/flow.py poses an edge as a flow on it."""
+        order: list[ShardingSpec] = []
+        index: dict[ShardingSpec, int] = {}
+        for spec in starts:
+            if spec not in index:
+                index[spec] = len(order)
+                order.append(spec)
+        arcs: list[tuple[int, int, float]] = []
+        k = 0
+        while k < len(order):
+            best: dict = {}
+            for seconds, step in self._steps(order[k], shape, itemsize):
+                if step.dst != order[k] and seconds < best.get(step.dst, math.inf):
+                    best[step.dst] = seconds
+            for dst, seconds in best.items():
+                if dst not in index:
+                    index[dst] = len(order)
+                    order.append(dst)
+                arcs.append((k, index[dst], seconds))
+            k += 1
+        return order, arcs
 
     def _steps(self, spec: ShardingSpec, shape: tuple[int, ...], itemsize: int) -> list[tuple[float, CommStep]]:
         """The single CommSteps out of ``spec`` with their seconds, cached per (shape, itemsize)."""
@@ -205,28 +225,11 @@ class ShapeConsistencyManager:
         min over its in-arcs of (distance of the arc's source + its seconds), summed in the same order;
         only the choice between equally cheap paths may differ, and ``plan`` keeps ``_tree``'s."""
         key = (shape, itemsize)
-        if key in self._tables:
-            return self._tables[key]
-        order = [ShardingSpec.replicate(len(shape))]
-        index = {order[0]: 0}
-        heads: list[int] = []
-        tails: list[int] = []
-        weights: list[float] = []
-        k = 0
-        while k < len(order):  # breadth first from R
-            best: dict = {}
-            for seconds, step in self._steps(order[k], shape, itemsize):
-                if step.dst != order[k] and seconds < best.get(step.dst, math.inf):
-                    best[step.dst] = seconds
-            for dst, seconds in best.items():
-                if dst not in index:
-                    index[dst] = len(order)
-                    order.append(dst)
-                heads.append(k)
-                tails.append(index[dst])
-                weights.append(seconds)
-            k += 1
-        self._tables[key] = (index, _all_pairs(len(order), heads, tails, weights))
+        if key not in self._tables:
+            order, arcs = self.graph([ShardingSpec.replicate(len(shape))], shape, itemsize)
+            heads, tails, weights = (list(col) for col in zip(*arcs)) if arcs else ([], [], [])
+            self._tables[key] = ({spec: i for i, spec in enumerate(order)},
+                                 _all_pairs(len(order), heads, tails, weights))
         return self._tables[key]
 
     def _tree(self, src: ShardingSpec, shape: tuple[int, ...], itemsize: int) -> tuple[dict, dict]:

@@ -54,25 +54,8 @@ def spec_flow(tag: int, manager, shape: tuple, itemsize: int, row_specs: dict, c
     """The flow layout of an edge whose row groups make ``row_specs`` ({group: spec}) and whose column
     groups want ``col_specs``, on ``manager``'s spec graph for ``shape``; None when a wanted spec is
     unreachable (the product form then says why)."""
-    nodes: dict = {}
-    order: list = []
-    arcs: list[tuple[int, int, float]] = []
-    for spec in row_specs.values():
-        if spec not in nodes:
-            nodes[spec] = len(order)
-            order.append(spec)
-    k = 0
-    while k < len(order):  # breadth first from the specs u makes: every spec a resharding can pass through
-        best: dict = {}
-        for seconds, dst in manager.arcs(order[k], shape, itemsize):
-            if dst != order[k] and seconds < best.get(dst, np.inf):
-                best[dst] = seconds
-        for dst, seconds in best.items():
-            if dst not in nodes:
-                nodes[dst] = len(order)
-                order.append(dst)
-            arcs.append((k, nodes[dst], seconds))
-        k += 1
+    order, arcs = manager.graph(row_specs.values(), shape, itemsize)  # every spec a resharding can pass through
+    nodes = {spec: i for i, spec in enumerate(order)}
     if any(s not in nodes for s in col_specs.values()):
         return None
     useful = _reaching(len(order), arcs, [nodes[s] for s in col_specs.values()])

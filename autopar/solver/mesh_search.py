@@ -125,15 +125,14 @@ def _trials(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, orde
     the rest in forked processes (``_in_parallel``)."""
     best = math.inf
     workers = _workers(options.workers, len(order) - 1)
-    for k, shape in enumerate(order):
-        if k == 1 and workers > 1:
-            yield from _in_parallel(gm, cluster, options, order[1:], best, workers, say)
-            return
+    for shape in order if workers == 1 else order[:1]:
         say(f"mesh {_label(shape)} ...")
         result = _trial(gm, cluster, options, shape, best, say)
         if result[0] is not None:
             best = min(best, result[0].step_time)
         yield shape, result
+    if workers > 1:
+        yield from _in_parallel(gm, cluster, options, order[1:], best, workers, say)
 
 
 def _trial(gm: fx.GraphModule, cluster: ClusterInfo, options: PlanOptions, shape: tuple, best: float, say) -> tuple:
